@@ -1,0 +1,380 @@
+//! The delta lease (Chockler & Malkhi): host N owns host sector N for as long
+//! as it keeps rewriting it. join = acquire, renew, leave = release.
+
+use crate::error::LeaseError;
+use crate::format::{check_name, Capacity, FenceMethod, HostFlags, HostRecord, HOST_NAME_BYTES};
+use crate::ids::{HostId, Owner};
+use crate::lockspace::Lockspace;
+use crate::op::{Operation, Port};
+use crate::timeouts::Timeouts;
+
+/// What a host says about itself when it joins.
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub host_id: HostId,
+    pub host_name: String,
+    pub io_timeout_ms: u32,
+    /// Random per join (the caller's RNG), so two processes that join with
+    /// the same id and name still write different records.
+    pub nonce: u64,
+    pub capacity: Capacity,
+    pub watchdog: bool,
+    pub fence_method: FenceMethod,
+}
+
+/// A held delta lease: the record we last wrote and when our last renewal
+/// started on our clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaLease {
+    pub record: HostRecord,
+    pub last_renewal_ms: u64,
+}
+
+impl DeltaLease {
+    pub fn owner(&self) -> Owner {
+        self.record.owner()
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts::from_io_timeout_ms(self.record.io_timeout_ms)
+    }
+
+    /// After this instant (our clock) the lease counts as lost.
+    pub fn renewal_deadline_ms(&self) -> u64 {
+        self.last_renewal_ms + self.timeouts().renew_fail_ms
+    }
+}
+
+/// Options of one renewal.
+#[derive(Clone, Debug, Default)]
+pub struct RenewRequest {
+    /// Read the whole host area (one contiguous read) instead of our sector
+    /// alone, and return it for the observer.
+    pub scan: bool,
+    /// New capacity to advertise, if it changed.
+    pub capacity: Option<Capacity>,
+}
+
+/// The result of a renewal.
+#[derive(Clone, Debug)]
+pub struct Renewal {
+    pub lease: DeltaLease,
+    /// The host area as read at the start of the renewal, when asked for.
+    pub host_area: Option<Vec<u8>>,
+}
+
+/// Join the lockspace as `request.host_id`.
+///
+/// If the sector shows a possibly-live owner under another name, watch it
+/// until it has stood still for that owner's `host_dead_ms` (failing at once
+/// if it moves). A released, fenced or never-used sector, or our own name
+/// (a restart of this host after a crash), needs no watching. Then write our
+/// record, wait `acquire_settle_ms`, and re-read: if anything else is there,
+/// another process joined with the same id and we back off.
+pub fn join(space: &Lockspace, request: JoinRequest) -> Operation<Result<DeltaLease, LeaseError>> {
+    let space = space.clone();
+    Operation::new(move |port| async move { join_inner(&port, &space, request).await })
+}
+
+async fn join_inner(
+    port: &Port,
+    space: &Lockspace,
+    request: JoinRequest,
+) -> Result<DeltaLease, LeaseError> {
+    let host_id = space.check_host_id(request.host_id.get())?;
+    check_name("host name", &request.host_name, HOST_NAME_BYTES)
+        .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+    if request.host_name.is_empty() {
+        return Err(LeaseError::Invalid("host name is empty".to_string()));
+    }
+    Timeouts::validate_io_timeout_ms(request.io_timeout_ms).map_err(LeaseError::Invalid)?;
+    let timeouts = Timeouts::from_io_timeout_ms(request.io_timeout_ms);
+    let current = space.read_host(port, host_id).await?;
+    let generation_floor = if current.is_unused() {
+        1
+    } else if current.flags.released
+        || (current.flags.fenced && current.fenced_generation >= current.generation)
+    {
+        current.generation + 1
+    } else if current.host_name == request.host_name {
+        // Our own earlier incarnation, not released: it crashed. Its
+        // generation may still own leases (its VMs may run); keep it protected.
+        current.generation_floor
+    } else {
+        wait_until_still(port, space, &current).await?;
+        current.generation + 1
+    };
+    let generation = current.generation.checked_add(1).ok_or_else(|| {
+        LeaseError::Invalid(format!("host {host_id}: generation counter exhausted"))
+    })?;
+    let record = HostRecord {
+        host_id,
+        flags: HostFlags {
+            released: false,
+            fenced: false,
+            watchdog: request.watchdog,
+        },
+        generation,
+        timestamp_ms: port.now_ms().max(1),
+        io_timeout_ms: request.io_timeout_ms,
+        fencer_host_id: 0,
+        fenced_generation: 0,
+        generation_floor: generation_floor.min(generation),
+        nonce: request.nonce,
+        capacity: request.capacity,
+        fence_method: request.fence_method,
+        host_name: request.host_name.clone(),
+    };
+    let encoded = record
+        .encode(&space.name, space.geometry.sector_size_bytes())
+        .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+    let written_ms = port.now_ms();
+    port.write(space.geometry.host_offset_bytes(host_id), encoded)
+        .await?;
+    port.sleep_until(written_ms + timeouts.acquire_settle_ms)
+        .await;
+    let check = space.read_host(port, host_id).await?;
+    if check != record {
+        return Err(LeaseError::JoinRace {
+            host_id,
+            found_name: check.host_name,
+            found_generation: check.generation,
+        });
+    }
+    Ok(DeltaLease {
+        record,
+        last_renewal_ms: written_ms,
+    })
+}
+
+/// Watch a record that may belong to a live host until it has stood still
+/// for that host's host_dead time. Any change means it is alive.
+async fn wait_until_still(
+    port: &Port,
+    space: &Lockspace,
+    current: &HostRecord,
+) -> Result<(), LeaseError> {
+    let owner_timeouts = Timeouts::from_io_timeout_ms(current.io_timeout_ms);
+    let still_since_ms = port.now_ms();
+    // One read per renew interval of the owner until host_dead has passed:
+    // host_dead / renew_interval = 6 reads, plus slack for late wake-ups.
+    let reads_max = owner_timeouts.host_dead_ms / owner_timeouts.renew_interval_ms + 4;
+    for _ in 0..reads_max {
+        if port.now_ms() >= still_since_ms + owner_timeouts.host_dead_ms {
+            return Ok(());
+        }
+        let next_ms = (port.now_ms() + owner_timeouts.renew_interval_ms)
+            .min(still_since_ms + owner_timeouts.host_dead_ms);
+        port.sleep_until(next_ms).await;
+        let again = space.read_host(port, current.host_id).await?;
+        if again != *current {
+            return Err(LeaseError::HostIdInUse {
+                host_id: current.host_id,
+                owner_name: again.host_name,
+                generation: again.generation,
+            });
+        }
+    }
+    if port.now_ms() >= still_since_ms + owner_timeouts.host_dead_ms {
+        Ok(())
+    } else {
+        Err(LeaseError::Invalid(format!(
+            "host {}: gave up watching the previous owner after {reads_max} reads",
+            current.host_id
+        )))
+    }
+}
+
+/// Check that our sector still says what we last wrote.
+fn verify_own(lease: &DeltaLease, found: &HostRecord) -> Result<(), LeaseError> {
+    let ours = &lease.record;
+    if found.flags.fenced && found.fenced_generation >= ours.generation {
+        return Err(LeaseError::Fenced {
+            host_id: ours.host_id,
+            generation: ours.generation,
+            fencer: found.fencer_host_id,
+        });
+    }
+    if found != ours {
+        let reason = if found.generation != ours.generation
+            || found.nonce != ours.nonce
+            || found.host_name != ours.host_name
+        {
+            format!(
+                "the sector now holds {:?} generation {} (we are {:?} generation {})",
+                found.host_name, found.generation, ours.host_name, ours.generation
+            )
+        } else {
+            "the sector changed under us".to_string()
+        };
+        return Err(LeaseError::DeltaLost {
+            host_id: ours.host_id,
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Renew: read our sector (or the whole host area), check that it still says
+/// what we wrote, and rewrite it with a new timestamp. Never writes once the
+/// renewal deadline has passed.
+pub fn renew(
+    space: &Lockspace,
+    lease: &DeltaLease,
+    request: RenewRequest,
+) -> Operation<Result<Renewal, LeaseError>> {
+    let space = space.clone();
+    let lease = lease.clone();
+    Operation::new(move |port| async move { renew_inner(&port, &space, lease, request).await })
+}
+
+fn check_deadline(lease: &DeltaLease, now_ms: u64) -> Result<(), LeaseError> {
+    let since_ms = now_ms.saturating_sub(lease.last_renewal_ms);
+    let limit_ms = lease.timeouts().renew_fail_ms;
+    if since_ms > limit_ms {
+        return Err(LeaseError::RenewalExpired {
+            host_id: lease.record.host_id,
+            since_ms,
+            limit_ms,
+        });
+    }
+    Ok(())
+}
+
+async fn renew_inner(
+    port: &Port,
+    space: &Lockspace,
+    lease: DeltaLease,
+    request: RenewRequest,
+) -> Result<Renewal, LeaseError> {
+    let started_ms = port.now_ms();
+    check_deadline(&lease, started_ms)?;
+    let host_id = lease.record.host_id;
+    let (found, host_area) = if request.scan {
+        let area = port
+            .read(
+                space.geometry.host_area_offset_bytes(),
+                space.geometry.host_area_size_bytes(),
+            )
+            .await?;
+        let sector = space.geometry.sector_size_bytes() as usize;
+        let start = usize::try_from(host_id.index())
+            .unwrap_or(usize::MAX)
+            .saturating_mul(sector);
+        let own = area.get(start..start.saturating_add(sector)).unwrap_or(&[]);
+        (space.decode_host(host_id, own)?, Some(area))
+    } else {
+        (space.read_host(port, host_id).await?, None)
+    };
+    verify_own(&lease, &found)?;
+    // The read may have taken up to io_timeout: look at the deadline again.
+    check_deadline(&lease, port.now_ms())?;
+    let mut record = lease.record.clone();
+    record.timestamp_ms = port.now_ms().max(record.timestamp_ms + 1);
+    if let Some(capacity) = request.capacity {
+        record.capacity = capacity;
+    }
+    let encoded = record
+        .encode(&space.name, space.geometry.sector_size_bytes())
+        .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+    port.write(space.geometry.host_offset_bytes(host_id), encoded)
+        .await?;
+    Ok(Renewal {
+        lease: DeltaLease {
+            record,
+            last_renewal_ms: started_ms,
+        },
+        host_area,
+    })
+}
+
+/// Leave: mark our record RELEASED. The caller has released every resource
+/// lease of this generation first.
+pub fn leave(space: &Lockspace, lease: &DeltaLease) -> Operation<Result<HostRecord, LeaseError>> {
+    let space = space.clone();
+    let lease = lease.clone();
+    Operation::new(move |port| async move {
+        let found = space.read_host(&port, lease.record.host_id).await?;
+        verify_own(&lease, &found)?;
+        let mut record = lease.record.clone();
+        record.flags.released = true;
+        record.timestamp_ms = port.now_ms().max(record.timestamp_ms + 1);
+        let encoded = record
+            .encode(&space.name, space.geometry.sector_size_bytes())
+            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        port.write(space.geometry.host_offset_bytes(record.host_id), encoded)
+            .await?;
+        Ok(record)
+    })
+}
+
+/// Take up the delta lease a previous process of this host wrote, for
+/// one-shot commands (`leasehold direct renew`): the record must carry our
+/// name and be joined. The renewal deadline restarts now.
+pub fn adopt(
+    space: &Lockspace,
+    host_id: HostId,
+    host_name: &str,
+) -> Operation<Result<DeltaLease, LeaseError>> {
+    let space = space.clone();
+    let host_name = host_name.to_string();
+    Operation::new(move |port| async move {
+        let found = space.read_host(&port, host_id).await?;
+        let not_joined = |reason: String| LeaseError::NotJoined {
+            host_id,
+            lockspace: space.name.clone(),
+            reason,
+        };
+        if found.is_unused() {
+            return Err(not_joined("the host sector was never written".to_string()));
+        }
+        if found.flags.released {
+            return Err(not_joined(format!("generation {} left", found.generation)));
+        }
+        if found.flags.fenced && found.fenced_generation >= found.generation {
+            return Err(LeaseError::Fenced {
+                host_id,
+                generation: found.generation,
+                fencer: found.fencer_host_id,
+            });
+        }
+        if found.host_name != host_name {
+            return Err(not_joined(format!(
+                "the sector belongs to {:?}",
+                found.host_name
+            )));
+        }
+        Ok(DeltaLease {
+            record: found,
+            last_renewal_ms: port.now_ms(),
+        })
+    })
+}
+
+/// The current generation of a joined host, for one-shot paxos commands.
+pub fn joined_owner(
+    space: &Lockspace,
+    host_id: HostId,
+) -> Operation<Result<HostRecord, LeaseError>> {
+    let space = space.clone();
+    Operation::new(move |port| async move {
+        let found = space.read_host(&port, host_id).await?;
+        let reason = if found.is_unused() {
+            Some("the host sector was never written".to_string())
+        } else if found.flags.released {
+            Some(format!("generation {} left", found.generation))
+        } else if found.flags.fenced && found.fenced_generation >= found.generation {
+            Some(format!("generation {} was fenced", found.generation))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(LeaseError::NotJoined {
+                host_id,
+                lockspace: space.name.clone(),
+                reason,
+            }),
+            None => Ok(found),
+        }
+    })
+}

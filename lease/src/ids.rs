@@ -1,0 +1,50 @@
+//! Newtypes for the identifiers that cross the disk boundary.
+
+use serde::Serialize;
+use std::fmt;
+
+/// A host id: 1..=max_hosts. Host N owns sector N of the host area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct HostId(u32);
+
+impl HostId {
+    /// A host id is never zero: zero on disk means "no owner".
+    pub fn new(raw: u32) -> Option<HostId> {
+        if raw == 0 {
+            None
+        } else {
+            Some(HostId(raw))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Zero-based position of this host's sector in the host area (and of its
+    /// dblock in every lease).
+    pub fn index(self) -> u64 {
+        u64::from(self.0 - 1)
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The pair that names one incarnation of a host: its id and the generation
+/// it joined the lockspace with. Resource leases are owned by an incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Owner {
+    pub host_id: HostId,
+    pub generation: u64,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "host {} generation {}", self.host_id, self.generation)
+    }
+}

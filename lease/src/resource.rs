@@ -1,0 +1,175 @@
+//! Resources by name: finding the slot that carries a name, and claiming a
+//! free slot for a new name without two hosts ever ending up with two slots
+//! of one name.
+//!
+//! Claiming: scan every leader; if no slot carries the name, run paxos on the
+//! first free slot with the name in the proposal. After winning, scan again:
+//! if any other slot now carries the same name, give ours back (release and
+//! clear the name) and start over after a random pause. Of two hosts that
+//! claimed one name in two slots, at least one sees the other's slot in its
+//! second scan (each wrote its leader before scanning), so at most one keeps
+//! its claim.
+
+use crate::error::LeaseError;
+use crate::format::{check_name, LeaderRecord, RESOURCE_NAME_BYTES};
+use crate::ids::{HostId, Owner};
+use crate::lockspace::Lockspace;
+use crate::op::{Operation, Port};
+use crate::paxos::{self, AcquireRequest, ReleaseRequest};
+use crate::timeouts::Timeouts;
+
+/// Claim attempts before giving up: each lost race means another host made
+/// progress, so a handful is plenty.
+pub const CLAIM_ATTEMPTS_MAX: u32 = 16;
+
+/// A resource slot's leader, or why it cannot be used.
+pub type SlotScan = Vec<(u32, Result<LeaderRecord, LeaseError>)>;
+
+/// A named acquire.
+#[derive(Clone, Debug)]
+pub struct NamedAcquire {
+    pub name: String,
+    pub owner: Owner,
+    pub dead_hosts: Vec<(HostId, u64)>,
+    pub io_timeout_ms: u32,
+    pub seed: u64,
+}
+
+pub(crate) fn check_resource_name(name: &str) -> Result<(), LeaseError> {
+    check_name("resource name", name, RESOURCE_NAME_BYTES)
+        .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+    if name.is_empty() {
+        return Err(LeaseError::Invalid("resource name is empty".to_string()));
+    }
+    Ok(())
+}
+
+async fn scan_inner(port: &Port, space: &Lockspace) -> Result<SlotScan, LeaseError> {
+    let mut slots = Vec::with_capacity(space.geometry.max_resources() as usize);
+    for slot in 0..space.geometry.max_resources() {
+        let location = space.geometry.resource_lease(slot);
+        let leader = match port
+            .read(location.leader_offset_bytes, space.sector_size())
+            .await
+        {
+            Ok(bytes) => space.decode_leader(&location, &bytes),
+            Err(e) => Err(LeaseError::Disk(e)),
+        };
+        slots.push((slot, leader));
+    }
+    Ok(slots)
+}
+
+/// Read every resource leader (one sector each).
+pub fn scan(space: &Lockspace) -> Operation<Result<SlotScan, LeaseError>> {
+    let space = space.clone();
+    Operation::new(move |port| async move { scan_inner(&port, &space).await })
+}
+
+fn find(slots: &SlotScan, name: &str) -> Option<(u32, LeaderRecord)> {
+    slots.iter().find_map(|(slot, leader)| match leader {
+        Ok(leader) if leader.name == name => Some((*slot, leader.clone())),
+        _ => None,
+    })
+}
+
+/// The slot carrying `name`, if any.
+pub fn lookup(
+    space: &Lockspace,
+    name: &str,
+) -> Operation<Result<Option<(u32, LeaderRecord)>, LeaseError>> {
+    let space = space.clone();
+    let name = name.to_string();
+    Operation::new(move |port| async move {
+        check_resource_name(&name)?;
+        let slots = scan_inner(&port, &space).await?;
+        Ok(find(&slots, &name))
+    })
+}
+
+/// Acquire the resource `name`, claiming a free slot if no slot carries it.
+/// Returns the slot and the leader we wrote.
+pub fn acquire(
+    space: &Lockspace,
+    request: NamedAcquire,
+) -> Operation<Result<(u32, LeaderRecord), LeaseError>> {
+    let space = space.clone();
+    Operation::new(move |port| async move { acquire_inner(&port, &space, &request).await })
+}
+
+async fn acquire_inner(
+    port: &Port,
+    space: &Lockspace,
+    request: &NamedAcquire,
+) -> Result<(u32, LeaderRecord), LeaseError> {
+    check_resource_name(&request.name)?;
+    let timeouts = Timeouts::from_io_timeout_ms(request.io_timeout_ms);
+    let mut seed = request.seed;
+    for _ in 0..CLAIM_ATTEMPTS_MAX {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let slots = scan_inner(port, space).await?;
+        let paxos_request = |slot: u32, claim: bool| AcquireRequest {
+            location: space.geometry.resource_lease(slot),
+            owner: request.owner,
+            name: request.name.clone(),
+            claim,
+            dead_hosts: request.dead_hosts.clone(),
+            io_timeout_ms: request.io_timeout_ms,
+            seed,
+        };
+        if let Some((slot, _)) = find(&slots, &request.name) {
+            match paxos::acquire_inner(port, space, &paxos_request(slot, false)).await {
+                Ok(leader) => return Ok((slot, leader)),
+                Err(LeaseError::SlotTaken { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some((slot, Err(e))) = slots.iter().find(|(_, leader)| leader.is_err()) {
+            return Err(LeaseError::ClaimBlocked {
+                resource: request.name.clone(),
+                slot: *slot,
+                reason: e.to_string(),
+            });
+        }
+        let free = slots.iter().find_map(|(slot, leader)| match leader {
+            Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
+            _ => None,
+        });
+        let Some(slot) = free else {
+            return Err(LeaseError::NoFreeSlot {
+                max_resources: space.geometry.max_resources(),
+            });
+        };
+        let leader = match paxos::acquire_inner(port, space, &paxos_request(slot, true)).await {
+            Ok(leader) => leader,
+            Err(LeaseError::SlotTaken { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let again = scan_inner(port, space).await?;
+        let duplicate = again.iter().any(|(other, leader)| {
+            *other != slot && matches!(leader, Ok(l) if l.name == request.name)
+        });
+        if !duplicate {
+            return Ok((slot, leader));
+        }
+        paxos::release_inner(
+            port,
+            space,
+            &ReleaseRequest {
+                location: space.geometry.resource_lease(slot),
+                owner: request.owner,
+                lver: Some(leader.lver),
+                clear_name: true,
+            },
+        )
+        .await?;
+        let pause_ms = 1 + seed % timeouts.paxos_backoff_max_ms.max(1);
+        port.sleep_until(port.now_ms() + pause_ms).await;
+    }
+    Err(LeaseError::Contention {
+        resource: format!("resource {:?}", request.name),
+        attempts: CLAIM_ATTEMPTS_MAX,
+    })
+}
