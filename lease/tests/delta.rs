@@ -1,0 +1,197 @@
+//! Delta lease: join, renew, leave, and the waits that make join safe.
+
+mod common;
+
+use common::*;
+use lease::clock::Clock;
+use lease::delta::{self, RenewRequest};
+use lease::format::HostRecord;
+use lease::op::Step;
+use lease::timeouts::Timeouts;
+use lease::LeaseError;
+
+fn read_host(s: &Setup, raw: u32) -> HostRecord {
+    use lease::disk::Disk;
+    let mut sector = vec![0; 512];
+    s.disk
+        .read(s.space.geometry.host_offset_bytes(host(raw)), &mut sector)
+        .expect("read");
+    s.space.decode_host(host(raw), &sector).expect("decode")
+}
+
+#[test]
+fn join_renew_leave_rejoin() {
+    let s = setup(4, 1);
+    let lease = s.join(1, "alpha");
+    assert_eq!(lease.record.generation, 1);
+    assert_eq!(lease.record.generation_floor, 1);
+    let before = read_host(&s, 1);
+    s.clock.advance_ms(2000);
+    let renewed = s
+        .run(delta::renew(
+            &s.space,
+            &lease,
+            RenewRequest {
+                scan: true,
+                capacity: None,
+            },
+        ))
+        .expect("renew");
+    assert!(renewed.host_area.is_some());
+    let after = read_host(&s, 1);
+    assert!(
+        after.timestamp_ms > before.timestamp_ms,
+        "renewal must move the record"
+    );
+    assert_eq!(after.generation, 1);
+    s.run(delta::leave(&s.space, &renewed.lease))
+        .expect("leave");
+    assert!(read_host(&s, 1).flags.released);
+    // A clean leave: the next join pays only the settle wait and moves the floor.
+    let start = s.clock.now_ms();
+    let again = s.join(1, "alpha");
+    assert_eq!(again.record.generation, 2);
+    assert_eq!(again.record.generation_floor, 2);
+    let waited = s.clock.now_ms() - start;
+    assert_eq!(
+        waited,
+        Timeouts::from_io_timeout_ms(IO_TIMEOUT_MS).acquire_settle_ms
+    );
+}
+
+#[test]
+fn crash_restart_under_same_name_keeps_old_generation_protected() {
+    let s = setup(4, 1);
+    let first = s.join(1, "alpha");
+    // No leave: the process died. The same name rejoins without the long wait.
+    let start = s.clock.now_ms();
+    let second = s.join(1, "alpha");
+    assert_eq!(second.record.generation, 2);
+    assert!(s.clock.now_ms() - start < Timeouts::from_io_timeout_ms(IO_TIMEOUT_MS).host_dead_ms);
+    // Generation 1 may still own leases (its processes may run): not over.
+    assert_eq!(
+        second.record.generation_floor,
+        first.record.generation_floor
+    );
+    assert!(!second.record.generation_is_over(1));
+}
+
+#[test]
+fn join_over_a_dead_owner_waits_host_dead_then_succeeds() {
+    let s = setup(4, 1);
+    s.join(1, "alpha");
+    let start = s.clock.now_ms();
+    let lease = s.join(1, "bravo");
+    let waited = s.clock.now_ms() - start;
+    let t = Timeouts::from_io_timeout_ms(IO_TIMEOUT_MS);
+    assert!(
+        waited >= t.host_dead_ms,
+        "waited {waited} ms, host_dead is {}",
+        t.host_dead_ms
+    );
+    assert_eq!(lease.record.generation, 2);
+    assert_eq!(
+        lease.record.generation_floor, 2,
+        "alpha's generation is over after the wait"
+    );
+}
+
+#[test]
+fn join_over_a_live_owner_fails() {
+    let s = setup(4, 1);
+    let mut alpha = s.join(1, "alpha");
+    let mut op = delta::join(&s.space, join_request(1, "bravo"));
+    let mut outcome = None;
+    let result = loop {
+        match op.step(s.clock.now_ms(), outcome.take()) {
+            Step::Done(result) => break result,
+            Step::Io(io) => outcome = Some(lease::op::perform(&s.disk, io)),
+            Step::WaitUntil(t) => {
+                // alpha keeps renewing while bravo watches.
+                s.clock.set_ms(t);
+                alpha = s
+                    .run(delta::renew(&s.space, &alpha, RenewRequest::default()))
+                    .expect("alpha renews")
+                    .lease;
+            }
+        }
+    };
+    match result {
+        Err(LeaseError::HostIdInUse { owner_name, .. }) => assert_eq!(owner_name, "alpha"),
+        other => panic!("expected HostIdInUse, got {other:?}"),
+    }
+    assert_eq!(read_host(&s, 1).host_name, "alpha");
+}
+
+#[test]
+fn two_joiners_with_one_id_never_both_join() {
+    for seed in 0..200 {
+        let s = setup(4, 1);
+        let ops = vec![
+            delta::join(&s.space, join_request(2, "alpha")),
+            delta::join(&s.space, join_request(2, "bravo")),
+        ];
+        let results = run_interleaved(ops, &s.disk, &s.clock, seed);
+        // Neither renews here, so both may join one after the other; what
+        // must never happen is two holders at once: the later join may only
+        // write after the earlier holder's renewal deadline has passed.
+        let mut joined: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        joined.sort_by_key(|l| l.last_renewal_ms);
+        if let [first, second] = joined.as_slice() {
+            assert!(
+                second.last_renewal_ms > first.renewal_deadline_ms(),
+                "seed {seed}: overlapping holders: {results:?}"
+            );
+        }
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(
+                        e,
+                        LeaseError::JoinRace { .. } | LeaseError::HostIdInUse { .. }
+                    ),
+                    "seed {seed}: {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn renew_detects_fencing_and_theft_and_the_deadline() {
+    let s = setup(4, 1);
+    let lease = s.join(1, "alpha");
+    // A fencer marks generation 1 FENCED.
+    let mut fenced = read_host(&s, 1);
+    fenced.flags.fenced = true;
+    fenced.fenced_generation = 1;
+    fenced.fencer_host_id = 2;
+    {
+        use lease::disk::Disk;
+        s.disk
+            .write(
+                s.space.geometry.host_offset_bytes(host(1)),
+                &fenced.encode("test", 512).expect("encode"),
+            )
+            .expect("write");
+    }
+    match s.run(delta::renew(&s.space, &lease, RenewRequest::default())) {
+        Err(LeaseError::Fenced {
+            generation: 1,
+            fencer: 2,
+            ..
+        }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+
+    let s = setup(4, 1);
+    let lease = s.join(1, "alpha");
+    s.clock
+        .advance_ms(Timeouts::from_io_timeout_ms(IO_TIMEOUT_MS).renew_fail_ms + 1);
+    let before = read_host(&s, 1);
+    match s.run(delta::renew(&s.space, &lease, RenewRequest::default())) {
+        Err(LeaseError::RenewalExpired { .. }) => {}
+        other => panic!("expected RenewalExpired, got {other:?}"),
+    }
+    assert_eq!(read_host(&s, 1), before, "no write after the deadline");
+}
