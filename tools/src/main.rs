@@ -1,1 +1,24 @@
-fn main() {}
+//! `leasehold`: format and inspect lease devices, and one-shot lease
+//! operations on them.
+
+mod cli;
+mod direct;
+mod dump;
+mod exit;
+mod format;
+mod open;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Format(args) => format::run(&args),
+        cli::Command::Dump(args) => dump::run(&args),
+        cli::Command::Direct(command) => direct::run_command(command),
+    };
+    if let Err(error) = result {
+        eprintln!("leasehold: error: {error:#}");
+        std::process::exit(exit::code_for(&error));
+    }
+}

@@ -1,0 +1,186 @@
+//! Every command and flag, defined once; clap derives help from these docs.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  failure: I/O error, invalid argument, device not usable as asked
+  2  usage error (bad flags)
+  3  busy: the lease is held by another host that is not known to be dead,
+     or the host id is in use by another live host
+  4  the device has an unusable sector (bad checksum, foreign lockspace,
+     newer format, unreadable) where the operation needed it; never
+     treated as free: inspect with `leasehold dump`
+  5  lost: our delta lease or resource lease is no longer ours (fenced,
+     taken over, renewal deadline passed, another joiner won)";
+
+#[derive(Parser, Debug)]
+#[command(name = "leasehold", version, about = "Format, inspect and operate leasehold lease devices", after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a new lockspace to a file or block device.
+    Format(FormatArgs),
+    /// Show the header, used host sectors and used leases of a device.
+    Dump(DumpArgs),
+    /// One-shot lease operations straight on the device (for tests and scripts).
+    #[command(subcommand)]
+    Direct(DirectCommand),
+}
+
+/// How to open the device.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Lease device: a block device or a regular file.
+    pub path: String,
+    /// Sector size in bytes (512 or 4096). Block devices: must match the
+    /// device's logical sector size (the default). Files: taken from the
+    /// header if omitted.
+    #[arg(long, value_parser = parse_sector_size)]
+    pub sector_size: Option<u32>,
+    /// I/O engine: pread/pwrite, or io_uring with a deadline per I/O.
+    #[arg(long, value_enum, default_value_t = IoEngine::Pread)]
+    pub io_engine: IoEngine,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEngine {
+    Pread,
+    Uring,
+}
+
+#[derive(Args, Debug)]
+pub struct FormatArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Lockspace name (1..=48 bytes).
+    #[arg(long)]
+    pub lockspace: String,
+    /// Host ids 1..=N (at most 2000). The fence area grows with N squared.
+    #[arg(long, default_value_t = 64)]
+    pub max_hosts: u32,
+    /// Resource slots.
+    #[arg(long, default_value_t = 128)]
+    pub max_resources: u32,
+    /// Payload bytes per resource slot (a multiple of the sector size).
+    #[arg(long, default_value_t = lease::format::PAYLOAD_SIZE_BYTES_DEFAULT)]
+    pub payload_size: u32,
+    /// Default io_timeout of the lockspace, in seconds (0.1 to 300).
+    #[arg(long, default_value = "10", value_parser = parse_seconds_ms)]
+    pub io_timeout: u32,
+    /// Overwrite an existing lease device.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// One JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list unused host sectors and free slots.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DirectCommand {
+    /// Acquire the delta lease of a host id (join the lockspace).
+    Join(HostArgs),
+    /// Renew a joined host's delta lease once.
+    Renew(HostArgs),
+    /// Release a host's delta lease (leave the lockspace).
+    Leave(HostArgs),
+    /// Acquire a resource lease by name for a joined host.
+    Acquire(ResourceArgs),
+    /// Release a resource lease held by a host.
+    Release(ResourceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// This host's id (1..=max_hosts).
+    #[arg(long)]
+    pub host_id: u32,
+    /// This host's name (unique per machine, 1..=64 bytes).
+    #[arg(long)]
+    pub host_name: String,
+    /// io_timeout in seconds for join (default: the lockspace's).
+    #[arg(long, value_parser = parse_seconds_ms)]
+    pub io_timeout: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResourceArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The acting host's id; its current generation is read from the device.
+    #[arg(long)]
+    pub host_id: u32,
+    /// Resource name (1..=48 bytes). Acquire claims a free slot for a new name.
+    #[arg(long)]
+    pub resource: String,
+}
+
+fn parse_sector_size(value: &str) -> Result<u32, String> {
+    match value {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err(format!(
+            "{value} is not a supported sector size (512 or 4096)"
+        )),
+    }
+}
+
+/// Seconds (decimals allowed) to milliseconds, within the io_timeout range.
+fn parse_seconds_ms(value: &str) -> Result<u32, String> {
+    let seconds: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("{value} must be a positive number of seconds"));
+    }
+    let ms = (seconds * 1000.0).round();
+    if ms > f64::from(u32::MAX) {
+        return Err(format!("{value} seconds is too long"));
+    }
+    let ms = ms as u32;
+    lease::timeouts::Timeouts::validate_io_timeout_ms(ms)?;
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn io_timeout_parses_seconds() {
+        assert_eq!(parse_seconds_ms("10"), Ok(10_000));
+        assert_eq!(parse_seconds_ms("0.5"), Ok(500));
+        assert!(parse_seconds_ms("0").is_err());
+        assert!(parse_seconds_ms("0.01").is_err());
+        assert!(parse_seconds_ms("1000").is_err());
+        assert!(parse_seconds_ms("x").is_err());
+    }
+
+    #[test]
+    fn sector_size_is_512_or_4096() {
+        assert_eq!(parse_sector_size("4096"), Ok(4096));
+        assert!(parse_sector_size("1024").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! `leasehold direct ...`: one lease operation straight on the device.
+
+use crate::cli::{DirectCommand, HostArgs, ResourceArgs};
+use crate::open::{open_lockspace, random_u64};
+use anyhow::{Context, Result};
+use lease::clock::SystemClock;
+use lease::delta::{self, JoinRequest, RenewRequest};
+use lease::format::{Capacity, FenceMethod};
+use lease::op::run;
+use lease::paxos::{self, ReleaseRequest};
+use lease::resource::{self, NamedAcquire};
+use lease::{LeaseError, Owner};
+
+pub fn run_command(command: DirectCommand) -> Result<()> {
+    match command {
+        DirectCommand::Join(args) => join(&args),
+        DirectCommand::Renew(args) => renew(&args),
+        DirectCommand::Leave(args) => leave(&args),
+        DirectCommand::Acquire(args) => acquire(&args),
+        DirectCommand::Release(args) => release(&args),
+    }
+}
+
+fn join(args: &HostArgs) -> Result<()> {
+    let (disk, space) = open_lockspace(&args.device)?;
+    let host_id = space.check_host_id(args.host_id)?;
+    let request = JoinRequest {
+        host_id,
+        host_name: args.host_name.clone(),
+        io_timeout_ms: args.io_timeout.unwrap_or(space.io_timeout_ms),
+        nonce: random_u64(),
+        capacity: Capacity::default(),
+        watchdog: false,
+        fence_method: FenceMethod::None,
+    };
+    let lease =
+        run(delta::join(&space, request), disk.as_ref(), &SystemClock).with_context(|| {
+            format!(
+                "joining lockspace {} on {} as host {host_id}",
+                space.name, space.device
+            )
+        })?;
+    println!(
+        "joined lockspace {} as host {} ({}), generation {}",
+        space.name, host_id, lease.record.host_name, lease.record.generation
+    );
+    Ok(())
+}
+
+fn renew(args: &HostArgs) -> Result<()> {
+    let (disk, space) = open_lockspace(&args.device)?;
+    let host_id = space.check_host_id(args.host_id)?;
+    let lease = run(
+        delta::adopt(&space, host_id, &args.host_name),
+        disk.as_ref(),
+        &SystemClock,
+    )?;
+    let renewal = run(
+        delta::renew(&space, &lease, RenewRequest::default()),
+        disk.as_ref(),
+        &SystemClock,
+    )
+    .with_context(|| format!("renewing host {host_id} in lockspace {}", space.name))?;
+    println!(
+        "renewed host {} ({}), generation {}, timestamp {} ms",
+        host_id, args.host_name, renewal.lease.record.generation, renewal.lease.record.timestamp_ms
+    );
+    Ok(())
+}
+
+fn leave(args: &HostArgs) -> Result<()> {
+    let (disk, space) = open_lockspace(&args.device)?;
+    let host_id = space.check_host_id(args.host_id)?;
+    let lease = run(
+        delta::adopt(&space, host_id, &args.host_name),
+        disk.as_ref(),
+        &SystemClock,
+    )?;
+    let record = run(delta::leave(&space, &lease), disk.as_ref(), &SystemClock)
+        .with_context(|| format!("leaving lockspace {}", space.name))?;
+    println!(
+        "host {} ({}) left, generation {}",
+        host_id, args.host_name, record.generation
+    );
+    Ok(())
+}
+
+fn acquire(args: &ResourceArgs) -> Result<()> {
+    let (disk, space) = open_lockspace(&args.device)?;
+    let host_id = space.check_host_id(args.host_id)?;
+    let record = run(
+        delta::joined_owner(&space, host_id),
+        disk.as_ref(),
+        &SystemClock,
+    )?;
+    let request = NamedAcquire {
+        name: args.resource.clone(),
+        owner: record.owner(),
+        dead_hosts: Vec::new(),
+        io_timeout_ms: record.io_timeout_ms,
+        seed: random_u64(),
+    };
+    let (slot, leader) = run(
+        resource::acquire(&space, request),
+        disk.as_ref(),
+        &SystemClock,
+    )
+    .with_context(|| format!("acquiring {:?} for host {host_id}", args.resource))?;
+    println!(
+        "acquired {} (slot {slot}) for host {} generation {}, lease version {}",
+        args.resource, host_id, record.generation, leader.lver
+    );
+    Ok(())
+}
+
+fn release(args: &ResourceArgs) -> Result<()> {
+    let (disk, space) = open_lockspace(&args.device)?;
+    let host_id = space.check_host_id(args.host_id)?;
+    let record = run(
+        delta::joined_owner(&space, host_id),
+        disk.as_ref(),
+        &SystemClock,
+    )?;
+    let found = run(
+        resource::lookup(&space, &args.resource),
+        disk.as_ref(),
+        &SystemClock,
+    )?;
+    let Some((slot, _)) = found else {
+        return Err(LeaseError::Invalid(format!(
+            "no resource {:?} in lockspace {} on {}",
+            args.resource, space.name, space.device
+        ))
+        .into());
+    };
+    let owner: Owner = record.owner();
+    let leader = run(
+        paxos::release(
+            &space,
+            ReleaseRequest {
+                location: space.geometry.resource_lease(slot),
+                owner,
+                lver: None,
+                clear_name: false,
+            },
+        ),
+        disk.as_ref(),
+        &SystemClock,
+    )
+    .with_context(|| format!("releasing {:?} for host {host_id}", args.resource))?;
+    println!(
+        "released {} (slot {slot}), lease version {}",
+        args.resource, leader.lver
+    );
+    Ok(())
+}
