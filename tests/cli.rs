@@ -1,1 +1,327 @@
+//! The `leasehold` CLI on a file-backed lease device: refusals, exit
+//! statuses, and corrupted sectors.
 
+use leasehold_tests::{dump_json, leasehold, leasehold_ok, Scratch};
+use std::os::unix::fs::FileExt;
+
+fn formatted(scratch: &Scratch) -> String {
+    let path = scratch.file("lease.img");
+    leasehold_ok(&[
+        "format",
+        &path,
+        "--lockspace",
+        "clitest",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "4",
+        "--io-timeout",
+        "0.1",
+    ]);
+    path
+}
+
+fn join(path: &str, id: &str, name: &str) {
+    leasehold_ok(&["direct", "join", path, "--host-id", id, "--host-name", name]);
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn flip_byte(path: &str, offset: u64) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).expect("read");
+    byte[0] ^= 0x5a;
+    file.write_all_at(&byte, offset).expect("write");
+}
+
+#[test]
+fn format_refuses_to_overwrite_without_force() {
+    let scratch = Scratch::new("overwrite");
+    let path = formatted(&scratch);
+    join(&path, "1", "alpha");
+    let out = leasehold(&["format", &path, "--lockspace", "other"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("--force"), "{}", stderr_of(&out));
+    assert_eq!(
+        dump_json(&path)["hosts"][0]["name"],
+        "alpha",
+        "nothing was overwritten"
+    );
+    leasehold_ok(&[
+        "format",
+        &path,
+        "--lockspace",
+        "other",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "4",
+        "--force",
+    ]);
+    let dump = dump_json(&path);
+    assert_eq!(dump["lockspace"], "other");
+    assert_eq!(dump["hosts"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn exit_statuses_say_busy_and_lost() {
+    let scratch = Scratch::new("exit");
+    let path = formatted(&scratch);
+    join(&path, "1", "alpha");
+    join(&path, "2", "bravo");
+    leasehold_ok(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "1",
+        "--resource",
+        "vm1",
+    ]);
+    let out = leasehold(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "2",
+        "--resource",
+        "vm1",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "busy: {}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("held by host 1 (alpha)"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = leasehold(&[
+        "direct",
+        "release",
+        &path,
+        "--host-id",
+        "2",
+        "--resource",
+        "vm1",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "not ours: {}", stderr_of(&out));
+    leasehold_ok(&[
+        "direct",
+        "release",
+        &path,
+        "--host-id",
+        "1",
+        "--resource",
+        "vm1",
+    ]);
+    leasehold_ok(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "2",
+        "--resource",
+        "vm1",
+    ]);
+    let dump = dump_json(&path);
+    assert_eq!(dump["resources"][0]["owner_host_id"], 2);
+    assert_eq!(dump["resources"][0]["lver"], 2);
+    // A host that never joined cannot acquire.
+    let out = leasehold(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "5",
+        "--resource",
+        "vm2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("has not joined"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Renew and leave by the wrong name are refused.
+    let out = leasehold(&[
+        "direct",
+        "renew",
+        &path,
+        "--host-id",
+        "1",
+        "--host-name",
+        "impostor",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    leasehold_ok(&[
+        "direct",
+        "renew",
+        &path,
+        "--host-id",
+        "1",
+        "--host-name",
+        "alpha",
+    ]);
+    leasehold_ok(&[
+        "direct",
+        "leave",
+        &path,
+        "--host-id",
+        "1",
+        "--host-name",
+        "alpha",
+    ]);
+    assert_eq!(dump_json(&path)["hosts"][0]["flags"][0], "released");
+    // Bad flags are a usage error.
+    assert_eq!(leasehold(&["direct", "join", &path]).status.code(), Some(2));
+    assert_eq!(
+        leasehold(&["format", &path, "--lockspace", "x", "--sector-size", "1024"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn corrupted_sectors_are_reported_and_never_used() {
+    let scratch = Scratch::new("corrupt");
+    let path = formatted(&scratch);
+    join(&path, "1", "alpha");
+    join(&path, "2", "bravo");
+    leasehold_ok(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "1",
+        "--resource",
+        "vm1",
+    ]);
+    let before = dump_json(&path);
+    let host2_offset = before["hosts"][1]["offset_bytes"].as_u64().expect("offset");
+    let slot0_offset = before["resources"][0]["offset_bytes"]
+        .as_u64()
+        .expect("offset");
+    flip_byte(&path, host2_offset + 150);
+    flip_byte(&path, slot0_offset + 130);
+
+    let dump = dump_json(&path);
+    let hosts = dump["hosts"].as_array().expect("hosts");
+    let bad_host = hosts
+        .iter()
+        .find(|h| h["host_id"] == 2)
+        .expect("host 2 listed");
+    assert!(
+        bad_host["error"]
+            .as_str()
+            .expect("error")
+            .contains("checksum"),
+        "{bad_host}"
+    );
+    let bad_slot = &dump["resources"][0];
+    assert!(
+        bad_slot["error"]
+            .as_str()
+            .expect("error")
+            .contains("checksum"),
+        "{bad_slot}"
+    );
+    assert_eq!(bad_slot["offset_bytes"], slot0_offset);
+
+    let table = leasehold_ok(&["dump", &path]);
+    assert_eq!(table.matches("UNUSABLE").count(), 2, "{table}");
+
+    // The corrupt slot is not free, and while it is unusable no new name is claimed.
+    let out = leasehold(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "1",
+        "--resource",
+        "vm2",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("might hold that name"),
+        "{}",
+        stderr_of(&out)
+    );
+    // The corrupt host sector is not free for a joiner either.
+    let out = leasehold(&[
+        "direct",
+        "join",
+        &path,
+        "--host-id",
+        "2",
+        "--host-name",
+        "charlie",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("offset {host2_offset}")),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_sector_from_another_lockspace_is_foreign() {
+    let scratch = Scratch::new("foreign");
+    let path = formatted(&scratch);
+    let other = scratch.file("other.img");
+    leasehold_ok(&[
+        "format",
+        &other,
+        "--lockspace",
+        "elsewhere",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "4",
+    ]);
+    // Copy host sector 3 of the other lockspace over ours.
+    let offset = dump_json(&path)["hosts"]
+        .as_array()
+        .map(|_| 512u64 * 3)
+        .expect("offset");
+    let mut sector = vec![0u8; 512];
+    std::fs::File::open(&other)
+        .expect("open")
+        .read_exact_at(&mut sector, offset)
+        .expect("read");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .write_all_at(&sector, offset)
+        .expect("write");
+    let dump = dump_json(&path);
+    let hosts = dump["hosts"].as_array().expect("hosts");
+    let foreign = hosts
+        .iter()
+        .find(|h| h["host_id"] == 3)
+        .expect("host 3 listed");
+    assert!(
+        foreign["error"]
+            .as_str()
+            .expect("error")
+            .contains("elsewhere"),
+        "{foreign}"
+    );
+    let out = leasehold(&[
+        "direct",
+        "join",
+        &path,
+        "--host-id",
+        "3",
+        "--host-name",
+        "charlie",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+}

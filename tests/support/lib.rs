@@ -1,1 +1,146 @@
+//! Helpers for the multi-process tests: the `leasehold` binary, scratch
+//! directories and loop devices that clean up after themselves.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Path of the `leasehold` binary of this build, built on first use.
+pub fn leasehold_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/leasehold
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir");
+        let bin = profile_dir.join("leasehold");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "leasehold-tools",
+            "--bin",
+            "leasehold",
+        ]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building leasehold failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Run `leasehold` with `args`; returns the whole output.
+pub fn leasehold(args: &[&str]) -> Output {
+    Command::new(leasehold_bin())
+        .args(args)
+        .output()
+        .expect("run leasehold")
+}
+
+/// Run `leasehold` and insist on success; returns stdout.
+pub fn leasehold_ok(args: &[&str]) -> String {
+    let out = leasehold(args);
+    assert!(
+        out.status.success(),
+        "leasehold {args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch directory removed on drop. Lives under /var/tmp (a real disk
+/// filesystem that supports O_DIRECT; /tmp may be tmpfs, which does not).
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        let base = std::env::var("LEASEHOLD_TEST_DIR").unwrap_or_else(|_| "/var/tmp".to_string());
+        let unique = format!(
+            "leasehold-{label}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let path = Path::new(&base).join(unique);
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        Scratch { path }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.path.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A loop device over a backing file, detached on drop (also when a test
+/// panics).
+pub struct LoopDevice {
+    pub path: String,
+}
+
+impl LoopDevice {
+    /// `losetup -f --show --direct-io=on [--sector-size N] FILE`. Needs root.
+    /// Fails the test unless LEASEHOLD_SKIP_LOOP=1 is set, in which case it
+    /// returns None and the caller skips the loop-device part.
+    pub fn attach(backing: &str, sector_size_bytes: u32) -> Option<LoopDevice> {
+        let out = Command::new("losetup")
+            .args([
+                "-f",
+                "--show",
+                "--direct-io=on",
+                "--sector-size",
+                &sector_size_bytes.to_string(),
+                backing,
+            ])
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(LoopDevice {
+                path: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            }),
+            other => {
+                if std::env::var("LEASEHOLD_SKIP_LOOP").as_deref() == Ok("1") {
+                    eprintln!("skipping loop device part: losetup failed: {other:?}");
+                    None
+                } else {
+                    panic!("losetup failed (run as root, or set LEASEHOLD_SKIP_LOOP=1 to skip): {other:?}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+    }
+}
+
+/// Create a sparse file of `size_bytes`.
+pub fn sparse_file(path: &str, size_bytes: u64) {
+    let file = std::fs::File::create(path).expect("create backing file");
+    file.set_len(size_bytes).expect("size backing file");
+}
+
+/// Parse `leasehold dump --json`.
+pub fn dump_json(device: &str) -> serde_json::Value {
+    let out = leasehold_ok(&["dump", device, "--json"]);
+    serde_json::from_str(&out).expect("dump --json is JSON")
+}
