@@ -144,3 +144,117 @@ pub fn dump_json(device: &str) -> serde_json::Value {
     let out = leasehold_ok(&["dump", device, "--json"]);
     serde_json::from_str(&out).expect("dump --json is JSON")
 }
+
+/// A block device whose I/O can be paused: nbdkit (memory plugin, pause
+/// filter) exported through nbdfuse as a file, with a loop device on top.
+/// Everything is torn down on drop, the device resumed first.
+pub struct PausableDevice {
+    dir: Scratch,
+    nbdfuse: Option<std::process::Child>,
+    nbdkit_pid: Option<i32>,
+    pub loop_device: Option<LoopDevice>,
+}
+
+impl PausableDevice {
+    pub fn start(size_bytes: u64) -> PausableDevice {
+        let dir = Scratch::new("nbd");
+        let socket = dir.file("nbd.sock");
+        let control = dir.file("pause.sock");
+        let pidfile = dir.file("nbdkit.pid");
+        let mount = dir.path.join("mnt");
+        std::fs::create_dir_all(&mount).expect("mountpoint");
+        let mut device = PausableDevice {
+            dir,
+            nbdfuse: None,
+            nbdkit_pid: None,
+            loop_device: None,
+        };
+        let status = Command::new("nbdkit")
+            .args([
+                "--unix",
+                &socket,
+                "--pidfile",
+                &pidfile,
+                "--filter=pause",
+                "memory",
+            ])
+            .arg(size_bytes.to_string())
+            .arg(format!("pause-control={control}"))
+            .status()
+            .expect("run nbdkit (apt-get install nbdkit)");
+        assert!(status.success(), "nbdkit failed to start");
+        device.nbdkit_pid = wait_for(|| {
+            std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+        });
+        let file = mount.join("disk");
+        let child = Command::new("nbdfuse")
+            .arg(&file)
+            .args(["--unix", &socket])
+            .spawn()
+            .expect("run nbdfuse (apt-get install libnbd-bin fuse3)");
+        device.nbdfuse = Some(child);
+        wait_for(|| file.exists().then_some(())).expect("nbdfuse did not expose the disk");
+        let file = file.to_string_lossy().into_owned();
+        device.loop_device =
+            Some(LoopDevice::attach(&file, 512).expect("loop device over nbdfuse"));
+        device
+    }
+
+    pub fn path(&self) -> &str {
+        &self.loop_device.as_ref().expect("attached").path
+    }
+
+    fn control(&self, command: &[u8]) {
+        use std::io::{Read, Write};
+        let mut socket = std::os::unix::net::UnixStream::connect(self.dir.path.join("pause.sock"))
+            .expect("pause control socket");
+        socket.write_all(command).expect("send to pause control");
+        let mut reply = [0u8; 1];
+        socket.read_exact(&mut reply).expect("pause control reply");
+    }
+
+    /// Hold every new request until `resume` (requests under way finish).
+    pub fn pause(&self) {
+        self.control(b"p");
+    }
+
+    pub fn resume(&self) {
+        self.control(b"r");
+    }
+}
+
+impl Drop for PausableDevice {
+    fn drop(&mut self) {
+        if self.nbdkit_pid.is_some() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.resume()));
+        }
+        self.loop_device = None;
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path.join("mnt"))
+            .status();
+        if let Some(mut child) = self.nbdfuse.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pid) = self.nbdkit_pid {
+            // SAFETY: kill(2) with a pid we started; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// Poll `f` every 50 ms for up to 20 s.
+pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..400 {
+        if let Some(value) = f() {
+            return Some(value);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}

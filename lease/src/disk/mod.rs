@@ -12,7 +12,7 @@ mod uring;
 pub use aligned::AlignedBuffer;
 pub use direct::DirectDisk;
 pub use memory::MemoryDisk;
-pub use uring::UringDisk;
+pub use uring::{UringDisk, ORPHANS_MAX};
 
 use std::io;
 

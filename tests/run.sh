@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs formatting and
+# lint checks and every test of the workspace. Run as root (loop devices).
+# Long runs are not part of it; see README.md "Tests".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: losetup (util-linux), nbdkit + nbdfuse (libnbd-bin) for
+# the hung-device test, fuse3 for nbdfuse.
+packages=()
+command -v losetup >/dev/null || packages+=(util-linux)
+command -v nbdkit >/dev/null || packages+=(nbdkit)
+command -v nbdfuse >/dev/null || packages+=(libnbd-bin)
+command -v fusermount3 >/dev/null || packages+=(fuse3)
+if [ ${#packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: need root to install ${packages[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${packages[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --quiet
