@@ -21,13 +21,6 @@ pub struct Lockspace {
     pub io_timeout_ms: u32,
 }
 
-/// A lease as read in one go: its leader and every dblock.
-#[derive(Clone, Debug)]
-pub(crate) struct LeaseImage {
-    pub leader: LeaderRecord,
-    pub dblocks: Vec<DblockRecord>,
-}
-
 impl Lockspace {
     /// Read and check the header of `disk`; with `expected`, the lockspace
     /// name must match.
@@ -174,13 +167,14 @@ impl Lockspace {
         self.decode_leader(location, &bytes)
     }
 
-    /// Read a lease's leader and all its dblocks in one contiguous read. Any
-    /// unusable sector fails the whole read: paxos must see every dblock.
-    pub(crate) async fn read_lease(
+    /// Read a lease's leader and all its dblocks in one contiguous read and
+    /// return the dblocks. Any unusable sector, the leader included, fails
+    /// the whole read: paxos must see every dblock.
+    pub(crate) async fn read_dblocks(
         &self,
         port: &Port,
         location: &LeaseLocation,
-    ) -> Result<LeaseImage, LeaseError> {
+    ) -> Result<Vec<DblockRecord>, LeaseError> {
         let bytes = port
             .read(
                 location.leader_offset_bytes,
@@ -208,6 +202,6 @@ impl Lockspace {
             dblocks.push(dblock);
         }
         assert_eq!(dblocks.len(), self.geometry.max_hosts() as usize);
-        Ok(LeaseImage { leader, dblocks })
+        Ok(dblocks)
     }
 }

@@ -6,7 +6,7 @@
 use crate::error::LeaseError;
 use crate::format::{DblockRecord, LeaderRecord, LeaseLocation, Proposal};
 use crate::ids::{HostId, Owner};
-use crate::lockspace::{LeaseImage, Lockspace};
+use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
 use crate::timeouts::Timeouts;
 
@@ -89,9 +89,14 @@ pub(crate) async fn acquire_inner(
     );
     let timeouts = Timeouts::from_io_timeout_ms(request.io_timeout_ms);
     let mut backoff = Backoff(request.seed ^ u64::from(request.owner.host_id.get()));
+    // The highest mbal seen in the instance we are working on, so a ballot
+    // after a conflict starts above it.
+    let mut highest_seen = (0u64, 0u64);
     for _ in 0..ACQUIRE_ROUNDS_MAX {
-        let image = space.read_lease(port, &request.location).await?;
-        let leader = &image.leader;
+        // Only the leader and our own dblock here; every dblock is read after
+        // each phase's write, where Disk Paxos needs it.
+        let leader_record = space.read_leader(port, &request.location).await?;
+        let leader = &leader_record;
         let label = space.lease_label(&request.location, &leader.name);
         if request.claim {
             if !leader.name.is_empty() || leader.held_by().is_some() {
@@ -110,7 +115,7 @@ pub(crate) async fn acquire_inner(
         }
         if let Some(holder) = leader.held_by() {
             if holder == request.owner {
-                return Ok(image.leader);
+                return Ok(leader_record);
             }
             if holder.host_id != request.owner.host_id {
                 check_takeable(port, space, request, leader, holder, &label).await?;
@@ -118,7 +123,17 @@ pub(crate) async fn acquire_inner(
             // An older generation of our own host id: the caller is that host
             // and decides about its own earlier processes.
         }
-        match ballot_round(port, space, request, &image).await? {
+        let own = read_own_dblock(port, space, request).await?;
+        match ballot_round(
+            port,
+            space,
+            request,
+            &leader_record,
+            &own,
+            &mut highest_seen,
+        )
+        .await?
+        {
             Round::Won(committed) => {
                 let proposal_owner = committed.owner;
                 if proposal_owner == Some(request.owner) {
@@ -195,26 +210,28 @@ async fn ballot_round(
     port: &Port,
     space: &Lockspace,
     request: &AcquireRequest,
-    image: &LeaseImage,
+    leader: &LeaderRecord,
+    own: &DblockRecord,
+    highest_seen: &mut (u64, u64),
 ) -> Result<Round, LeaseError> {
     let location = &request.location;
     let me = request.owner.host_id;
-    let lver = image
-        .leader
+    let lver = leader
         .lver
         .checked_add(1)
         .ok_or_else(|| LeaseError::Invalid("lease version exhausted".to_string()))?;
-    let Some(highest_mbal) = highest_mbal(&image.dblocks, lver) else {
-        // Dblocks of a later instance: our leader read is stale.
+    if own.lver > lver {
+        // Our own dblock is in a later instance: the leader we read is stale.
         return Ok(Round::Conflict);
-    };
-    let ballot = next_ballot(highest_mbal, me, space.geometry.max_hosts())
+    }
+    let (seen_lver, seen_mbal) = *highest_seen;
+    let mut above = if seen_lver == lver { seen_mbal } else { 0 };
+    if own.lver == lver {
+        above = above.max(own.mbal);
+    }
+    let ballot = next_ballot(above, me, space.geometry.max_hosts())
         .ok_or_else(|| LeaseError::Invalid("ballot number exhausted".to_string()))?;
     let own_index = usize::try_from(me.index()).unwrap_or(usize::MAX);
-    let own = image
-        .dblocks
-        .get(own_index)
-        .ok_or_else(|| LeaseError::Invalid(format!("no dblock for host {me}")))?;
     // Phase 1: raise mbal, keep whatever this host accepted in this instance.
     let (kept_bal, kept_inp) = if own.lver == lver {
         (own.bal, own.inp.clone())
@@ -229,13 +246,13 @@ async fn ballot_round(
         timestamp_ms: port.now_ms(),
     };
     write_dblock(port, space, location, me, &phase1).await?;
-    let seen = space.read_lease(port, location).await?;
-    if lost_ballot(&seen.dblocks, lver, ballot, own_index) {
+    let seen = space.read_dblocks(port, location).await?;
+    note_highest(highest_seen, &seen, lver);
+    if lost_ballot(&seen, lver, ballot, own_index) {
         return Ok(Round::Conflict);
     }
     // The value: the one accepted in the highest ballot of this instance, or ours.
     let value = seen
-        .dblocks
         .iter()
         .filter(|d| d.lver == lver && d.bal > 0)
         .max_by_key(|d| d.bal)
@@ -253,8 +270,9 @@ async fn ballot_round(
         timestamp_ms: port.now_ms(),
     };
     write_dblock(port, space, location, me, &phase2).await?;
-    let seen = space.read_lease(port, location).await?;
-    if lost_ballot(&seen.dblocks, lver, ballot, own_index) {
+    let seen = space.read_dblocks(port, location).await?;
+    note_highest(highest_seen, &seen, lver);
+    if lost_ballot(&seen, lver, ballot, own_index) {
         return Ok(Round::Conflict);
     }
     // Commit: the value is chosen for this lver; publish it in the leader.
@@ -266,27 +284,45 @@ async fn ballot_round(
         kind: location.kind,
         index: location.index,
         timestamp_ms: port.now_ms(),
-        payload_length_bytes: image.leader.payload_length_bytes,
-        payload_checksum: image.leader.payload_checksum,
+        payload_length_bytes: leader.payload_length_bytes,
+        payload_checksum: leader.payload_checksum,
         name: value.name,
     };
     write_leader(port, space, location, &committed).await?;
     Ok(Round::Won(committed))
 }
 
-/// The highest mbal among dblocks of instance `lver`, or None if any dblock
-/// already belongs to a later instance.
-fn highest_mbal(dblocks: &[DblockRecord], lver: u64) -> Option<u64> {
-    let mut highest = 0;
-    for dblock in dblocks {
-        if dblock.lver > lver {
-            return None;
-        }
-        if dblock.lver == lver {
-            highest = highest.max(dblock.mbal);
+/// Remember the highest mbal of instance `lver` (or of a later instance,
+/// which makes the next round's leader read move on).
+fn note_highest(highest_seen: &mut (u64, u64), dblocks: &[DblockRecord], lver: u64) {
+    for dblock in dblocks.iter().filter(|d| d.lver >= lver) {
+        let candidate = (dblock.lver, dblock.mbal);
+        if candidate > *highest_seen {
+            *highest_seen = candidate;
         }
     }
-    Some(highest)
+}
+
+async fn read_own_dblock(
+    port: &Port,
+    space: &Lockspace,
+    request: &AcquireRequest,
+) -> Result<DblockRecord, LeaseError> {
+    let offset_bytes = space
+        .geometry
+        .dblock_offset_bytes(&request.location, request.owner.host_id);
+    let bytes = port.read(offset_bytes, space.sector_size()).await?;
+    DblockRecord::decode(&bytes, &space.name, space.geometry.max_hosts()).map_err(|source| {
+        space.corrupt(
+            offset_bytes,
+            format!(
+                "dblock of host {} in {}",
+                request.owner.host_id,
+                space.lease_label(&request.location, &request.name)
+            ),
+            source,
+        )
+    })
 }
 
 /// True if another host started a higher ballot in this instance, or a
