@@ -27,7 +27,8 @@ pub struct AcquireRequest {
     /// that already carries it.
     pub claim: bool,
     /// Hosts our observer considers dead by the watchdog rule, each with the
-    /// generation watched; leases of that generation or older are takeable.
+    /// generation watched; leases of that generation or older are takeable
+    /// if the host's record advertises a watchdog.
     pub dead_hosts: Vec<(HostId, u64)>,
     /// Io timeout for the backoff between conflicting ballots.
     pub io_timeout_ms: u32,
@@ -67,7 +68,8 @@ enum Round {
 
 /// Acquire a paxos lease. Succeeds when the lease was free, released, ours,
 /// or owned by an incarnation known to be over (released, fenced, below its
-/// host's generation floor, or dead by the watchdog rule); otherwise fails
+/// host's generation floor, or, for a host that advertises a watchdog, dead
+/// by the watchdog rule); otherwise fails
 /// with [`LeaseError::HeldByOther`].
 pub fn acquire(
     space: &Lockspace,
@@ -188,11 +190,14 @@ async fn check_takeable(
     if record.generation_is_over(holder.generation) {
         return Ok(());
     }
-    let dead = request.dead_hosts.iter().any(|&(host_id, generation)| {
-        host_id == holder.host_id
-            && generation >= holder.generation
-            && record.generation == generation
-    });
+    // The watchdog rule holds only for a host that runs a watchdog: one
+    // without it may still be running its resources however long it is silent.
+    let dead = record.flags.watchdog
+        && request.dead_hosts.iter().any(|&(host_id, generation)| {
+            host_id == holder.host_id
+                && generation >= holder.generation
+                && record.generation == generation
+        });
     if dead {
         return Ok(());
     }

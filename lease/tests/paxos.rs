@@ -105,8 +105,10 @@ fn takeover_only_when_the_owner_is_known_over() {
     s.run(paxos::acquire(&s.space, request(&s, &b, 0, "vm1", false)))
         .expect("after leave");
 
-    // a rejoins (generation 2) and takes it back after b releases.
-    let a2 = s.join(1, "alpha");
+    // a rejoins (generation 2, now with a watchdog) and takes it back after b releases.
+    let mut with_watchdog = join_request(1, "alpha");
+    with_watchdog.watchdog = true;
+    let a2 = s.run(delta::join(&s.space, with_watchdog)).expect("rejoin");
     release(&s, b.owner(), 0).expect("release");
     s.run(paxos::acquire(&s.space, request(&s, &a2, 0, "vm1", false)))
         .expect("a2");
@@ -148,6 +150,23 @@ fn takeover_only_when_the_owner_is_known_over() {
             .lease;
     }
     panic!("never became takeable");
+}
+
+#[test]
+fn the_watchdog_rule_needs_a_watchdog() {
+    let s = setup(4, 1);
+    let a = s.join(1, "alpha");
+    let b = s.join(2, "bravo");
+    s.run(paxos::acquire(&s.space, request(&s, &a, 0, "vm1", true)))
+        .expect("claim");
+    // b's observer watched a stand still long past host_dead...
+    let mut req = request(&s, &b, 0, "vm1", false);
+    req.dead_hosts = vec![(host(1), a.record.generation)];
+    // ...but a has no watchdog: it may still run vm1. Only a fence helps.
+    match s.run(paxos::acquire(&s.space, req)) {
+        Err(LeaseError::HeldByOther { owner, .. }) => assert_eq!(owner, a.owner()),
+        other => panic!("expected HeldByOther, got {other:?}"),
+    }
 }
 
 #[test]
