@@ -122,7 +122,7 @@ fn bench_device(label: &str, path: &str, max_hosts: u32, iterations: usize) {
                         &held,
                         RenewRequest {
                             scan: true,
-                            capacity: None,
+                            ..RenewRequest::default()
                         },
                     ),
                     disk,

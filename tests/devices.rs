@@ -44,7 +44,7 @@ fn exercise(disk: &dyn Disk, sector_size_bytes: u32) {
             &a,
             RenewRequest {
                 scan: true,
-                capacity: None,
+                ..RenewRequest::default()
             },
         ),
         disk,

@@ -6,6 +6,7 @@ use crate::format::{check_name, Capacity, FenceMethod, HostFlags, HostRecord, HO
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
+use crate::planted::PlantedBug;
 use crate::timeouts::Timeouts;
 
 /// What a host says about itself when it joins.
@@ -28,6 +29,9 @@ pub struct JoinRequest {
 pub struct DeltaLease {
     pub record: HostRecord,
     pub last_renewal_ms: u64,
+    /// The record found in our sector when we joined: its name tells a
+    /// restart of this host from a takeover of another's id.
+    pub previous: HostRecord,
 }
 
 impl DeltaLease {
@@ -45,6 +49,16 @@ impl DeltaLease {
     }
 }
 
+/// Does `lease` still count as held at `now_ms` (our clock)? Past its
+/// renewal deadline the host must stop its resources, stop feeding its
+/// watchdog and rejoin.
+pub fn holds(space: &Lockspace, lease: &DeltaLease, now_ms: u64) -> bool {
+    if space.planted(PlantedBug::IgnoreRenewalDeadline) {
+        return true;
+    }
+    now_ms <= lease.renewal_deadline_ms()
+}
+
 /// Options of one renewal.
 #[derive(Clone, Debug, Default)]
 pub struct RenewRequest {
@@ -53,6 +67,10 @@ pub struct RenewRequest {
     pub scan: bool,
     /// New capacity to advertise, if it changed.
     pub capacity: Option<Capacity>,
+    /// Declare every older generation of this host over (raise the
+    /// generation floor to ours): only once this host knows that nothing of
+    /// its earlier incarnations still runs (it rebooted, or killed them).
+    pub raise_floor: bool,
 }
 
 /// The result of a renewal.
@@ -102,7 +120,15 @@ async fn join_inner(
         current.generation_floor
     } else {
         wait_until_still(port, space, &current).await?;
-        current.generation + 1
+        if current.flags.watchdog {
+            // Standing still past its host_dead time, its watchdog has fired.
+            current.generation + 1
+        } else {
+            // Without a watchdog it may be paused, not dead, with its
+            // resources still running: its generation stays protected until
+            // it is fenced (or its own machine declares it over).
+            current.generation_floor
+        }
     };
     let generation = current.generation.checked_add(1).ok_or_else(|| {
         LeaseError::Invalid(format!("host {host_id}: generation counter exhausted"))
@@ -131,6 +157,13 @@ async fn join_inner(
     let written_ms = port.now_ms();
     port.write(space.geometry.host_offset_bytes(host_id), encoded)
         .await?;
+    if space.planted(PlantedBug::SkipJoinReread) {
+        return Ok(DeltaLease {
+            record,
+            last_renewal_ms: written_ms,
+            previous: current,
+        });
+    }
     port.sleep_until(written_ms + timeouts.acquire_settle_ms)
         .await;
     let check = space.read_host(port, host_id).await?;
@@ -144,6 +177,7 @@ async fn join_inner(
     Ok(DeltaLease {
         record,
         last_renewal_ms: written_ms,
+        previous: current,
     })
 }
 
@@ -228,10 +262,10 @@ pub fn renew(
     Operation::new(move |port| async move { renew_inner(&port, &space, lease, request).await })
 }
 
-fn check_deadline(lease: &DeltaLease, now_ms: u64) -> Result<(), LeaseError> {
+fn check_deadline(space: &Lockspace, lease: &DeltaLease, now_ms: u64) -> Result<(), LeaseError> {
     let since_ms = now_ms.saturating_sub(lease.last_renewal_ms);
     let limit_ms = lease.timeouts().renew_fail_ms;
-    if since_ms > limit_ms {
+    if !holds(space, lease, now_ms) {
         return Err(LeaseError::RenewalExpired {
             host_id: lease.record.host_id,
             since_ms,
@@ -248,7 +282,7 @@ async fn renew_inner(
     request: RenewRequest,
 ) -> Result<Renewal, LeaseError> {
     let started_ms = port.now_ms();
-    check_deadline(&lease, started_ms)?;
+    check_deadline(space, &lease, started_ms)?;
     let host_id = lease.record.host_id;
     let (found, host_area) = if request.scan {
         let area = port
@@ -268,11 +302,14 @@ async fn renew_inner(
     };
     verify_own(&lease, &found)?;
     // The read may have taken up to io_timeout: look at the deadline again.
-    check_deadline(&lease, port.now_ms())?;
+    check_deadline(space, &lease, port.now_ms())?;
     let mut record = lease.record.clone();
     record.timestamp_ms = port.now_ms().max(record.timestamp_ms + 1);
     if let Some(capacity) = request.capacity {
         record.capacity = capacity;
+    }
+    if request.raise_floor {
+        record.generation_floor = record.generation;
     }
     let encoded = record
         .encode(&space.name, space.geometry.sector_size_bytes())
@@ -283,6 +320,7 @@ async fn renew_inner(
         lease: DeltaLease {
             record,
             last_renewal_ms: started_ms,
+            previous: lease.previous,
         },
         host_area,
     })
@@ -345,6 +383,7 @@ pub fn adopt(
             )));
         }
         Ok(DeltaLease {
+            previous: found.clone(),
             record: found,
             last_renewal_ms: port.now_ms(),
         })
@@ -376,5 +415,43 @@ pub fn joined_owner(
             }),
             None => Ok(found),
         }
+    })
+}
+
+/// What a fencer writes once the victim's power-off is confirmed.
+#[derive(Clone, Debug)]
+pub struct FenceMark {
+    pub victim: HostId,
+    pub fencer: HostId,
+    pub method: FenceMethod,
+}
+
+/// Mark the victim's current generation FENCED: read its record, set the
+/// flag, the fenced generation, the fencer and the method, write it back.
+/// Only after the victim's power-off was confirmed: the victim must not be
+/// able to write its sector again. Returns the record written.
+pub fn mark_fenced(
+    space: &Lockspace,
+    mark: FenceMark,
+) -> Operation<Result<HostRecord, LeaseError>> {
+    let space = space.clone();
+    Operation::new(move |port| async move {
+        let mut record = space.read_host(&port, mark.victim).await?;
+        if record.is_unused() {
+            return Err(LeaseError::Invalid(format!(
+                "host {} never joined lockspace {}: nothing to mark fenced",
+                mark.victim, space.name
+            )));
+        }
+        record.flags.fenced = true;
+        record.fenced_generation = record.generation;
+        record.fencer_host_id = mark.fencer.get();
+        record.fence_method = mark.method;
+        let encoded = record
+            .encode(&space.name, space.geometry.sector_size_bytes())
+            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        port.write(space.geometry.host_offset_bytes(mark.victim), encoded)
+            .await?;
+        Ok(record)
     })
 }

@@ -28,6 +28,7 @@ pub mod lockspace;
 pub mod observer;
 pub mod op;
 pub mod paxos;
+pub mod planted;
 pub mod resource;
 pub mod timeouts;
 

@@ -19,6 +19,9 @@ pub struct Lockspace {
     pub geometry: Geometry,
     /// The io_timeout in the header (the default for hosts).
     pub io_timeout_ms: u32,
+    /// A deliberately unsafe variant to run (simulator builds only).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<crate::planted::PlantedBug>,
 }
 
 impl Lockspace {
@@ -62,7 +65,24 @@ impl Lockspace {
             name: header.lockspace.clone(),
             geometry,
             io_timeout_ms: header.io_timeout_ms,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
         })
+    }
+
+    /// Is this deliberately unsafe variant switched on? Always false unless
+    /// built with the `planted-bugs` feature.
+    #[inline]
+    pub(crate) fn planted(&self, bug: crate::planted::PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted_bug == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
     }
 
     pub(crate) fn corrupt(

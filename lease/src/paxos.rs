@@ -8,6 +8,7 @@ use crate::format::{DblockRecord, LeaderRecord, LeaseLocation, Proposal};
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
+use crate::planted::PlantedBug;
 use crate::timeouts::Timeouts;
 
 /// Ballot rounds one acquire may try before reporting contention. Each round
@@ -119,11 +120,10 @@ pub(crate) async fn acquire_inner(
             if holder == request.owner {
                 return Ok(leader_record);
             }
-            if holder.host_id != request.owner.host_id {
-                check_takeable(port, space, request, leader, holder, &label).await?;
-            }
-            // An older generation of our own host id: the caller is that host
-            // and decides about its own earlier processes.
+            // Any other holder, an older generation of our own host id
+            // included: that generation's processes may still run until it is
+            // over (the host raises its generation floor once it knows).
+            check_takeable(port, space, request, leader, holder, &label).await?;
         }
         let own = read_own_dblock(port, space, request).await?;
         match ballot_round(
@@ -186,6 +186,9 @@ async fn check_takeable(
     holder: Owner,
     label: &str,
 ) -> Result<(), LeaseError> {
+    if space.planted(PlantedBug::TakeoverWithoutExpiry) {
+        return Ok(());
+    }
     let record = space.read_host(port, holder.host_id).await?;
     if record.generation_is_over(holder.generation) {
         return Ok(());
@@ -237,35 +240,41 @@ async fn ballot_round(
     let ballot = next_ballot(above, me, space.geometry.max_hosts())
         .ok_or_else(|| LeaseError::Invalid("ballot number exhausted".to_string()))?;
     let own_index = usize::try_from(me.index()).unwrap_or(usize::MAX);
-    // Phase 1: raise mbal, keep whatever this host accepted in this instance.
-    let (kept_bal, kept_inp) = if own.lver == lver {
-        (own.bal, own.inp.clone())
-    } else {
-        (0, None)
-    };
-    let phase1 = DblockRecord {
-        lver,
-        mbal: ballot,
-        bal: kept_bal,
-        inp: kept_inp,
-        timestamp_ms: port.now_ms(),
-    };
-    write_dblock(port, space, location, me, &phase1).await?;
-    let seen = space.read_dblocks(port, location).await?;
-    note_highest(highest_seen, &seen, lver);
-    if lost_ballot(&seen, lver, ballot, own_index) {
-        return Ok(Round::Conflict);
-    }
-    // The value: the one accepted in the highest ballot of this instance, or ours.
-    let value = seen
-        .iter()
-        .filter(|d| d.lver == lver && d.bal > 0)
-        .max_by_key(|d| d.bal)
-        .and_then(|d| d.inp.clone())
-        .unwrap_or_else(|| Proposal {
+    let value = if space.planted(PlantedBug::SkipPaxosPhase1) {
+        Proposal {
             owner: request.owner,
             name: request.name.clone(),
-        });
+        }
+    } else {
+        // Phase 1: raise mbal, keep whatever this host accepted in this instance.
+        let (kept_bal, kept_inp) = if own.lver == lver {
+            (own.bal, own.inp.clone())
+        } else {
+            (0, None)
+        };
+        let phase1 = DblockRecord {
+            lver,
+            mbal: ballot,
+            bal: kept_bal,
+            inp: kept_inp,
+            timestamp_ms: port.now_ms(),
+        };
+        write_dblock(port, space, location, me, &phase1).await?;
+        let seen = space.read_dblocks(port, location).await?;
+        note_highest(highest_seen, &seen, lver);
+        if lost_ballot(&seen, lver, ballot, own_index) {
+            return Ok(Round::Conflict);
+        }
+        // The value: the one accepted in the highest ballot of this instance, or ours.
+        seen.iter()
+            .filter(|d| d.lver == lver && d.bal > 0)
+            .max_by_key(|d| d.bal)
+            .and_then(|d| d.inp.clone())
+            .unwrap_or_else(|| Proposal {
+                owner: request.owner,
+                name: request.name.clone(),
+            })
+    };
     // Phase 2: accept the value in our ballot.
     let phase2 = DblockRecord {
         lver,

@@ -33,7 +33,7 @@ fn join_renew_leave_rejoin() {
             &lease,
             RenewRequest {
                 scan: true,
-                capacity: None,
+                ..RenewRequest::default()
             },
         ))
         .expect("renew");
@@ -90,10 +90,22 @@ fn join_over_a_dead_owner_waits_host_dead_then_succeeds() {
         t.host_dead_ms
     );
     assert_eq!(lease.record.generation, 2);
+    // alpha had no watchdog: standing still it may be paused, not dead, so
+    // its generation stays protected (only a fence ends it).
+    assert_eq!(lease.record.generation_floor, 1);
+    assert!(!lease.record.generation_is_over(1));
+
+    // With a watchdog, host_dead of stillness means it was reset.
+    let s = setup(4, 1);
+    let mut request = join_request(1, "alpha");
+    request.watchdog = true;
+    s.run(delta::join(&s.space, request)).expect("join alpha");
+    let lease = s.join(1, "bravo");
     assert_eq!(
         lease.record.generation_floor, 2,
         "alpha's generation is over after the wait"
     );
+    assert_eq!(lease.previous.host_name, "alpha");
 }
 
 #[test]

@@ -153,6 +153,60 @@ fn takeover_only_when_the_owner_is_known_over() {
 }
 
 #[test]
+fn a_fence_mark_or_a_raised_floor_ends_a_generation() {
+    let s = setup(4, 2);
+    let a = s.join(1, "alpha");
+    let b = s.join(2, "bravo");
+    s.run(paxos::acquire(&s.space, request(&s, &a, 0, "vm1", true)))
+        .expect("claim vm1");
+    s.run(paxos::acquire(&s.space, request(&s, &a, 1, "vm2", true)))
+        .expect("claim vm2");
+    // a crashes and restarts under its own name: generation 1 stays protected,
+    // even against a's own new generation.
+    let a2 = s.join(1, "alpha");
+    match s.run(paxos::acquire(&s.space, request(&s, &a2, 0, "vm1", false))) {
+        Err(LeaseError::HeldByOther { owner, .. }) => assert_eq!(owner, a.owner()),
+        other => panic!("expected HeldByOther, got {other:?}"),
+    }
+    // Once a knows its old processes are gone it raises its floor.
+    let renewed = s
+        .run(delta::renew(
+            &s.space,
+            &a2,
+            RenewRequest {
+                raise_floor: true,
+                ..RenewRequest::default()
+            },
+        ))
+        .expect("raise floor");
+    assert_eq!(renewed.lease.record.generation_floor, 2);
+    s.run(paxos::acquire(&s.space, request(&s, &a2, 0, "vm1", false)))
+        .expect("a2 takes vm1");
+    // b fences a2 (after a confirmed power-off) and takes vm1 from it.
+    let mark = delta::FenceMark {
+        victim: host(1),
+        fencer: host(2),
+        method: lease::format::FenceMethod::Ipmi,
+    };
+    let marked = s.run(delta::mark_fenced(&s.space, mark)).expect("mark");
+    assert!(marked.flags.fenced);
+    assert_eq!(marked.fenced_generation, 2);
+    let taken = s
+        .run(paxos::acquire(&s.space, request(&s, &b, 0, "vm1", false)))
+        .expect("b takes vm1");
+    assert_eq!(taken.owner, Some(b.owner()));
+    // a2's renewal now finds the mark.
+    assert!(matches!(
+        s.run(delta::renew(
+            &s.space,
+            &renewed.lease,
+            RenewRequest::default()
+        )),
+        Err(LeaseError::Fenced { fencer: 2, .. })
+    ));
+}
+
+#[test]
 fn the_watchdog_rule_needs_a_watchdog() {
     let s = setup(4, 1);
     let a = s.join(1, "alpha");
