@@ -80,6 +80,7 @@ fn bench_device(label: &str, path: &str, max_hosts: u32, iterations: usize) {
         let owner = held.owner();
         let claimed = run(paxos::inquire(&space, location), disk, &clock)
             .expect("inquire")
+            .leader
             .name
             == "vm1";
         let mut claim = !claimed;

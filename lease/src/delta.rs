@@ -422,6 +422,10 @@ pub fn joined_owner(
 #[derive(Clone, Debug)]
 pub struct FenceMark {
     pub victim: HostId,
+    /// The generation that was powered off (from the record the fencer
+    /// watched): a record that moved on since belongs to a new incarnation
+    /// and is not marked.
+    pub generation: u64,
     pub fencer: HostId,
     pub method: FenceMethod,
 }
@@ -437,11 +441,13 @@ pub fn mark_fenced(
     let space = space.clone();
     Operation::new(move |port| async move {
         let mut record = space.read_host(&port, mark.victim).await?;
-        if record.is_unused() {
-            return Err(LeaseError::Invalid(format!(
-                "host {} never joined lockspace {}: nothing to mark fenced",
-                mark.victim, space.name
-            )));
+        if record.generation != mark.generation {
+            return Err(LeaseError::FenceTargetMoved {
+                host_id: mark.victim,
+                expected_generation: mark.generation,
+                found_generation: record.generation,
+                found_name: record.host_name,
+            });
         }
         record.flags.fenced = true;
         record.fenced_generation = record.generation;

@@ -91,6 +91,14 @@ pub enum LeaseError {
         slot: u32,
         reason: String,
     },
+    /// the fenced host's record moved on before the FENCED mark was written
+    #[error("host {host_id}: expected generation {expected_generation} to mark fenced, found {found_name:?} generation {found_generation}: a new incarnation joined since; not marked")]
+    FenceTargetMoved {
+        host_id: HostId,
+        expected_generation: u64,
+        found_generation: u64,
+        found_name: String,
+    },
     /// the request itself is invalid
     #[error("{0}")]
     Invalid(String),

@@ -2,6 +2,15 @@
 //! sector saying who owns the lease, and one dblock per host in which ballots
 //! are run. Each change of ownership is one instance, numbered by the lease
 //! version `lver`; a dblock written for an older lver counts as empty.
+//!
+//! The dblocks are the truth; the leader is a cache of the latest instance's
+//! chosen value, written only when a ballot completes. A release is recorded
+//! in the owner's own dblock (RELEASED for that lver), never only in the
+//! leader, so a late leader write (an I/O that timed out and landed after
+//! all) can never undo a release. A late leader write can make the leader
+//! lag behind the dblocks; dblocks of a later instance are proof that its
+//! starter saw the instance before it ended, so acquire then continues at the
+//! latest instance the dblocks show.
 
 use crate::error::LeaseError;
 use crate::format::{DblockRecord, LeaderRecord, LeaseLocation, Proposal};
@@ -62,16 +71,16 @@ fn next_ballot(above: u64, host_id: HostId, max_hosts: u32) -> Option<u64> {
 }
 
 enum Round {
-    Won(LeaderRecord),
-    /// Another ballot was higher: pause and try again.
+    /// The instance chose this value; the leader now says so.
+    Chosen(Proposal),
+    /// Another ballot was higher, or the instance moved on: try again.
     Conflict,
 }
 
 /// Acquire a paxos lease. Succeeds when the lease was free, released, ours,
 /// or owned by an incarnation known to be over (released, fenced, below its
 /// host's generation floor, or, for a host that advertises a watchdog, dead
-/// by the watchdog rule); otherwise fails
-/// with [`LeaseError::HeldByOther`].
+/// by the watchdog rule); otherwise fails with [`LeaseError::HeldByOther`].
 pub fn acquire(
     space: &Lockspace,
     request: AcquireRequest,
@@ -92,77 +101,74 @@ pub(crate) async fn acquire_inner(
     );
     let timeouts = Timeouts::from_io_timeout_ms(request.io_timeout_ms);
     let mut backoff = Backoff(request.seed ^ u64::from(request.owner.host_id.get()));
-    // The highest mbal seen in the instance we are working on, so a ballot
-    // after a conflict starts above it.
+    // The latest instance any dblock has shown us, and its highest mbal.
     let mut highest_seen = (0u64, 0u64);
     for _ in 0..ACQUIRE_ROUNDS_MAX {
         // Only the leader and our own dblock here; every dblock is read after
         // each phase's write, where Disk Paxos needs it.
-        let leader_record = space.read_leader(port, &request.location).await?;
-        let leader = &leader_record;
-        let label = space.lease_label(&request.location, &leader.name);
-        if request.claim {
-            if !leader.name.is_empty() || leader.held_by().is_some() {
-                return Err(LeaseError::SlotTaken {
-                    resource: request.name.clone(),
-                    slot: request.location.index,
-                    found: leader.name.clone(),
-                });
-            }
-        } else if leader.name != request.name {
-            return Err(LeaseError::SlotTaken {
-                resource: request.name.clone(),
-                slot: request.location.index,
-                found: leader.name.clone(),
-            });
-        }
-        if let Some(holder) = leader.held_by() {
-            if holder == request.owner {
-                return Ok(leader_record);
-            }
-            // Any other holder, an older generation of our own host id
-            // included: that generation's processes may still run until it is
-            // over (the host raises its generation floor once it knows).
-            check_takeable(port, space, request, leader, holder, &label).await?;
-        }
-        let own = read_own_dblock(port, space, request).await?;
-        match ballot_round(
+        let leader = space.read_leader(port, &request.location).await?;
+        let own = read_dblock(
             port,
             space,
-            request,
-            &leader_record,
-            &own,
-            &mut highest_seen,
+            &request.location,
+            request.owner.host_id,
+            &request.name,
         )
-        .await?
-        {
-            Round::Won(committed) => {
-                let proposal_owner = committed.owner;
-                if proposal_owner == Some(request.owner) {
-                    return Ok(committed);
+        .await?;
+        highest_seen = highest_seen.max((own.lver, own.mbal));
+        check_name(request, &leader)?;
+        let next = leader
+            .lver
+            .checked_add(1)
+            .ok_or_else(|| LeaseError::Invalid("lease version exhausted".to_string()))?;
+        // Dblocks of a later instance than the leader's next: the leader lags.
+        let lver = next.max(highest_seen.0);
+        if lver == next {
+            if let Some(holder) = current_holder(port, space, request, &leader, &own).await? {
+                // Held by us already: we still run a new instance rather than
+                // return the old lver, since after a release whose write timed
+                // out we cannot know whether that release will land.
+                if holder != request.owner {
+                    // Any other holder, an older generation of our own host id
+                    // included: that generation's processes may still run until
+                    // it is over (the host raises its generation floor once it knows).
+                    check_takeable(port, space, request, &leader, holder).await?;
                 }
-                // Another host's value was chosen in this instance: it owns
-                // the lease now.
-                let holder = proposal_owner.ok_or_else(|| {
-                    LeaseError::Invalid("committed a leader without an owner".to_string())
-                })?;
-                if committed.name != request.name {
+            }
+        }
+        match ballot_round(port, space, request, &leader, lver, &own, &mut highest_seen).await? {
+            Round::Chosen(value) if value.owner == request.owner => {
+                return Ok(chosen_leader(
+                    space,
+                    request,
+                    &leader,
+                    lver,
+                    value,
+                    port.now_ms(),
+                ));
+            }
+            Round::Chosen(value) if lver > next => {
+                // We completed a lagging instance for someone else: look again.
+                let _ = value;
+            }
+            Round::Chosen(value) => {
+                if value.name != request.name {
                     return Err(LeaseError::SlotTaken {
                         resource: request.name.clone(),
                         slot: request.location.index,
-                        found: committed.name,
+                        found: value.name,
                     });
                 }
                 let owner_name = space
-                    .read_host(port, holder.host_id)
+                    .read_host(port, value.owner.host_id)
                     .await
                     .map(|r| r.host_name)
                     .unwrap_or_else(|_| "name unreadable".to_string());
                 return Err(LeaseError::HeldByOther {
-                    resource: space.lease_label(&request.location, &committed.name),
-                    owner: holder,
+                    resource: space.lease_label(&request.location, &value.name),
+                    owner: value.owner,
                     owner_name,
-                    lver: committed.lver,
+                    lver,
                 });
             }
             Round::Conflict => {
@@ -177,6 +183,60 @@ pub(crate) async fn acquire_inner(
     })
 }
 
+/// The leader carries the name we expect: for a claim, no name and no holder;
+/// otherwise exactly our name.
+fn check_name(request: &AcquireRequest, leader: &LeaderRecord) -> Result<(), LeaseError> {
+    let fits = if request.claim {
+        leader.name.is_empty() && leader.held_by().is_none()
+    } else {
+        leader.name == request.name
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(LeaseError::SlotTaken {
+            resource: request.name.clone(),
+            slot: request.location.index,
+            found: leader.name.clone(),
+        })
+    }
+}
+
+/// Who holds the lease the leader describes: its owner, unless the leader
+/// or the owner's dblock says that owner released this lver.
+async fn current_holder(
+    port: &Port,
+    space: &Lockspace,
+    request: &AcquireRequest,
+    leader: &LeaderRecord,
+    own: &DblockRecord,
+) -> Result<Option<Owner>, LeaseError> {
+    let Some(owner) = leader.held_by() else {
+        return Ok(None);
+    };
+    let dblock = if owner.host_id == request.owner.host_id {
+        own.clone()
+    } else {
+        read_dblock(port, space, &request.location, owner.host_id, &leader.name).await?
+    };
+    Ok(if owner_moved_on(&dblock, leader, owner) {
+        None
+    } else {
+        Some(owner)
+    })
+}
+
+/// Has the leader's owner let go of the lver the leader shows? Yes if its
+/// own dblock marks that lver released, or if its dblock has moved on to a
+/// later instance (an owner only starts a ballot for a lease it no longer
+/// holds, and a later instance is only started once this one ended).
+fn owner_moved_on(dblock: &DblockRecord, leader: &LeaderRecord, owner: Owner) -> bool {
+    let released = dblock.lver == leader.lver
+        && dblock.released
+        && dblock.inp.as_ref().is_some_and(|inp| inp.owner == owner);
+    released || dblock.lver > leader.lver
+}
+
 /// Fail unless the incarnation holding the lease is known to be over.
 async fn check_takeable(
     port: &Port,
@@ -184,7 +244,6 @@ async fn check_takeable(
     request: &AcquireRequest,
     leader: &LeaderRecord,
     holder: Owner,
-    label: &str,
 ) -> Result<(), LeaseError> {
     if space.planted(PlantedBug::TakeoverWithoutExpiry) {
         return Ok(());
@@ -205,46 +264,69 @@ async fn check_takeable(
         return Ok(());
     }
     Err(LeaseError::HeldByOther {
-        resource: label.to_string(),
+        resource: space.lease_label(&request.location, &leader.name),
         owner: holder,
         owner_name: record.host_name,
         lver: leader.lver,
     })
 }
 
-/// One ballot for instance `leader.lver + 1`: phase 1 (announce the ballot,
-/// learn any value already accepted), phase 2 (accept a value), commit.
+fn chosen_leader(
+    space: &Lockspace,
+    request: &AcquireRequest,
+    previous: &LeaderRecord,
+    lver: u64,
+    value: Proposal,
+    now_ms: u64,
+) -> LeaderRecord {
+    LeaderRecord {
+        owner: Some(value.owner),
+        flags: Default::default(),
+        lver,
+        max_hosts: space.geometry.max_hosts(),
+        kind: request.location.kind,
+        index: request.location.index,
+        timestamp_ms: now_ms,
+        payload_length_bytes: previous.payload_length_bytes,
+        payload_checksum: previous.payload_checksum,
+        name: value.name,
+    }
+}
+
+/// One ballot in instance `lver`: phase 1 (announce the ballot, learn any
+/// value already accepted in this instance), phase 2 (accept a value), and
+/// the leader write that publishes the chosen value.
 async fn ballot_round(
     port: &Port,
     space: &Lockspace,
     request: &AcquireRequest,
     leader: &LeaderRecord,
+    lver: u64,
     own: &DblockRecord,
     highest_seen: &mut (u64, u64),
 ) -> Result<Round, LeaseError> {
     let location = &request.location;
     let me = request.owner.host_id;
-    let lver = leader
-        .lver
-        .checked_add(1)
-        .ok_or_else(|| LeaseError::Invalid("lease version exhausted".to_string()))?;
     if own.lver > lver {
-        // Our own dblock is in a later instance: the leader we read is stale.
         return Ok(Round::Conflict);
     }
-    let (seen_lver, seen_mbal) = *highest_seen;
-    let mut above = if seen_lver == lver { seen_mbal } else { 0 };
+    let mut above = if highest_seen.0 == lver {
+        highest_seen.1
+    } else {
+        0
+    };
     if own.lver == lver {
         above = above.max(own.mbal);
     }
     let ballot = next_ballot(above, me, space.geometry.max_hosts())
         .ok_or_else(|| LeaseError::Invalid("ballot number exhausted".to_string()))?;
     let own_index = usize::try_from(me.index()).unwrap_or(usize::MAX);
+    let ours = Proposal {
+        owner: request.owner,
+        name: request.name.clone(),
+    };
     let value = if space.planted(PlantedBug::SkipPaxosPhase1) {
-        Proposal {
-            owner: request.owner,
-            name: request.name.clone(),
-        }
+        ours
     } else {
         // Phase 1: raise mbal, keep whatever this host accepted in this instance.
         let (kept_bal, kept_inp) = if own.lver == lver {
@@ -257,6 +339,7 @@ async fn ballot_round(
             mbal: ballot,
             bal: kept_bal,
             inp: kept_inp,
+            released: false,
             timestamp_ms: port.now_ms(),
         };
         write_dblock(port, space, location, me, &phase1).await?;
@@ -265,15 +348,12 @@ async fn ballot_round(
         if lost_ballot(&seen, lver, ballot, own_index) {
             return Ok(Round::Conflict);
         }
-        // The value: the one accepted in the highest ballot of this instance, or ours.
+        // The value accepted in the highest ballot of this instance, or ours.
         seen.iter()
             .filter(|d| d.lver == lver && d.bal > 0)
             .max_by_key(|d| d.bal)
             .and_then(|d| d.inp.clone())
-            .unwrap_or_else(|| Proposal {
-                owner: request.owner,
-                name: request.name.clone(),
-            })
+            .unwrap_or(ours)
     };
     // Phase 2: accept the value in our ballot.
     let phase2 = DblockRecord {
@@ -281,6 +361,7 @@ async fn ballot_round(
         mbal: ballot,
         bal: ballot,
         inp: Some(value.clone()),
+        released: false,
         timestamp_ms: port.now_ms(),
     };
     write_dblock(port, space, location, me, &phase2).await?;
@@ -289,50 +370,34 @@ async fn ballot_round(
     if lost_ballot(&seen, lver, ballot, own_index) {
         return Ok(Round::Conflict);
     }
-    // Commit: the value is chosen for this lver; publish it in the leader.
-    let committed = LeaderRecord {
-        owner: Some(value.owner),
-        flags: Default::default(),
-        lver,
-        max_hosts: space.geometry.max_hosts(),
-        kind: location.kind,
-        index: location.index,
-        timestamp_ms: port.now_ms(),
-        payload_length_bytes: leader.payload_length_bytes,
-        payload_checksum: leader.payload_checksum,
-        name: value.name,
-    };
+    // Chosen: publish it.
+    let committed = chosen_leader(space, request, leader, lver, value.clone(), port.now_ms());
     write_leader(port, space, location, &committed).await?;
-    Ok(Round::Won(committed))
+    Ok(Round::Chosen(value))
 }
 
-/// Remember the highest mbal of instance `lver` (or of a later instance,
-/// which makes the next round's leader read move on).
+/// Remember the latest instance seen in the dblocks and its highest mbal.
 fn note_highest(highest_seen: &mut (u64, u64), dblocks: &[DblockRecord], lver: u64) {
     for dblock in dblocks.iter().filter(|d| d.lver >= lver) {
-        let candidate = (dblock.lver, dblock.mbal);
-        if candidate > *highest_seen {
-            *highest_seen = candidate;
-        }
+        *highest_seen = (*highest_seen).max((dblock.lver, dblock.mbal));
     }
 }
 
-async fn read_own_dblock(
+async fn read_dblock(
     port: &Port,
     space: &Lockspace,
-    request: &AcquireRequest,
+    location: &LeaseLocation,
+    host_id: HostId,
+    name: &str,
 ) -> Result<DblockRecord, LeaseError> {
-    let offset_bytes = space
-        .geometry
-        .dblock_offset_bytes(&request.location, request.owner.host_id);
+    let offset_bytes = space.geometry.dblock_offset_bytes(location, host_id);
     let bytes = port.read(offset_bytes, space.sector_size()).await?;
     DblockRecord::decode(&bytes, &space.name, space.geometry.max_hosts()).map_err(|source| {
         space.corrupt(
             offset_bytes,
             format!(
-                "dblock of host {} in {}",
-                request.owner.host_id,
-                space.lease_label(&request.location, &request.name)
+                "dblock of host {host_id} in {}",
+                space.lease_label(location, name)
             ),
             source,
         )
@@ -387,18 +452,18 @@ pub(crate) async fn write_leader(
 pub struct ReleaseRequest {
     pub location: LeaseLocation,
     pub owner: Owner,
-    /// The lease version we hold, when known; None accepts any.
+    /// The lease version we hold, as acquire returned it; None reads it from
+    /// the leader (one more read).
     pub lver: Option<u64>,
     /// Also clear the resource name: the slot becomes free for any name.
     pub clear_name: bool,
 }
 
-/// Release a lease we hold: the leader gets the RELEASED flag. Fails with
-/// [`LeaseError::NotOwner`] if the leader no longer names us.
-pub fn release(
-    space: &Lockspace,
-    request: ReleaseRequest,
-) -> Operation<Result<LeaderRecord, LeaseError>> {
+/// Release a lease we hold: mark our own dblock RELEASED for the lver we
+/// hold. Fails with [`LeaseError::NotOwner`] if our dblock does not show us
+/// as the proposer of that lver (or, without a known lver, the leader does
+/// not name us).
+pub fn release(space: &Lockspace, request: ReleaseRequest) -> Operation<Result<u64, LeaseError>> {
     let space = space.clone();
     Operation::new(move |port| async move { release_inner(&port, &space, &request).await })
 }
@@ -407,39 +472,86 @@ pub(crate) async fn release_inner(
     port: &Port,
     space: &Lockspace,
     request: &ReleaseRequest,
-) -> Result<LeaderRecord, LeaseError> {
-    let leader = space.read_leader(port, &request.location).await?;
-    let ours = leader.held_by() == Some(request.owner)
-        && request.lver.is_none_or(|lver| lver == leader.lver);
-    if !ours {
-        let found = match leader.owner {
-            None => "never owned".to_string(),
-            Some(owner) if leader.flags.released => {
-                format!("released by {owner}, lver {}", leader.lver)
+) -> Result<u64, LeaseError> {
+    let location = &request.location;
+    let not_owner = |found: String| LeaseError::NotOwner {
+        resource: space.lease_label(location, ""),
+        owner: request.owner,
+        found,
+    };
+    let leader = match (request.lver, request.clear_name) {
+        (Some(_), false) => None,
+        _ => Some(space.read_leader(port, location).await?),
+    };
+    let lver = match (request.lver, &leader) {
+        (Some(lver), _) => lver,
+        (None, Some(leader)) if leader.held_by() == Some(request.owner) => leader.lver,
+        (None, Some(leader)) => {
+            return Err(not_owner(match leader.owner {
+                None => "never owned".to_string(),
+                Some(owner) => format!("owned by {owner}, lver {}", leader.lver),
+            }))
+        }
+        (None, None) => unreachable!("the leader is read when no lver is given"),
+    };
+    let name = leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
+    let own = read_dblock(port, space, location, request.owner.host_id, &name).await?;
+    let ours = own.lver == lver
+        && own
+            .inp
+            .as_ref()
+            .is_some_and(|inp| inp.owner == request.owner);
+    if !ours || own.released {
+        return Err(not_owner(format!(
+            "our dblock shows lver {}{}",
+            own.lver,
+            if own.released {
+                ", already released"
+            } else {
+                ""
             }
-            Some(owner) => format!("held by {owner}, lver {}", leader.lver),
-        };
-        return Err(LeaseError::NotOwner {
-            resource: space.lease_label(&request.location, &leader.name),
-            owner: request.owner,
-            found,
-        });
+        )));
     }
-    let mut released = leader;
-    released.flags.released = true;
-    released.timestamp_ms = port.now_ms();
-    if request.clear_name {
-        released.name.clear();
+    let released = DblockRecord {
+        released: true,
+        timestamp_ms: port.now_ms(),
+        ..own
+    };
+    write_dblock(port, space, location, request.owner.host_id, &released).await?;
+    if let (true, Some(mut leader)) = (request.clear_name, leader) {
+        // Free the slot for any name. (The dblock above already released it.)
+        leader.flags.released = true;
+        leader.name.clear();
+        leader.timestamp_ms = port.now_ms();
+        write_leader(port, space, location, &leader).await?;
     }
-    write_leader(port, space, &request.location, &released).await?;
-    Ok(released)
+    Ok(lver)
 }
 
-/// Read a lease's leader.
+/// A lease's leader and whether its owner released it (from the owner's dblock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub leader: LeaderRecord,
+    /// The current holder: the leader's owner unless it released.
+    pub holder: Option<Owner>,
+}
+
+/// Read a lease's leader and, if it names an owner, that owner's dblock.
 pub fn inquire(
     space: &Lockspace,
     location: LeaseLocation,
-) -> Operation<Result<LeaderRecord, LeaseError>> {
+) -> Operation<Result<LeaseStatus, LeaseError>> {
     let space = space.clone();
-    Operation::new(move |port| async move { space.read_leader(&port, &location).await })
+    Operation::new(move |port| async move {
+        let leader = space.read_leader(&port, &location).await?;
+        let holder = match leader.held_by() {
+            None => None,
+            Some(owner) => {
+                let dblock =
+                    read_dblock(&port, &space, &location, owner.host_id, &leader.name).await?;
+                (!owner_moved_on(&dblock, &leader, owner)).then_some(owner)
+            }
+        };
+        Ok(LeaseStatus { leader, holder })
+    })
 }

@@ -173,3 +173,34 @@ async fn acquire_inner(
         attempts: CLAIM_ATTEMPTS_MAX,
     })
 }
+
+/// Release the resource `name` held by `owner`, looking its slot up first.
+/// For a caller that does not know whether it holds it (an acquire that
+/// failed with an I/O error may still have won on disk): returns the lver
+/// released, or None when `owner` does not hold it.
+pub fn release(
+    space: &Lockspace,
+    name: &str,
+    owner: Owner,
+) -> Operation<Result<Option<(u32, u64)>, LeaseError>> {
+    let space = space.clone();
+    let name = name.to_string();
+    Operation::new(move |port| async move {
+        check_resource_name(&name)?;
+        let slots = scan_inner(&port, &space).await?;
+        let Some((slot, _)) = find(&slots, &name) else {
+            return Ok(None);
+        };
+        let request = ReleaseRequest {
+            location: space.geometry.resource_lease(slot),
+            owner,
+            lver: None,
+            clear_name: false,
+        };
+        match paxos::release_inner(&port, &space, &request).await {
+            Ok(lver) => Ok(Some((slot, lver))),
+            Err(LeaseError::NotOwner { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}

@@ -150,7 +150,7 @@ fn release(args: &ResourceArgs) -> Result<()> {
     .with_context(|| format!("releasing {:?} for host {host_id}", args.resource))?;
     println!(
         "released {} (slot {slot}), lease version {}",
-        args.resource, leader.lver
+        args.resource, leader
     );
     Ok(())
 }

@@ -58,6 +58,9 @@ pub enum DiskError {
     /// earlier I/Os are still stuck in the kernel
     #[error("{device}: {outstanding} earlier I/Os have not completed; refusing new I/O until the device answers")]
     Hung { device: String, outstanding: usize },
+    /// an earlier write to the same sectors timed out and may still land
+    #[error("{device}: an earlier write at offset {offset_bytes} timed out and has not completed; a new write there could be overtaken by it, so it is refused until the device answers")]
+    WriteInFlight { device: String, offset_bytes: u64 },
     /// the device cannot be opened or does not suit a lease device
     #[error("{device}: {reason}")]
     Open { device: String, reason: String },
@@ -73,6 +76,9 @@ pub trait Disk {
     fn read(&self, offset_bytes: u64, buffer: &mut [u8]) -> Result<(), DiskError>;
     /// Write `data` at `offset_bytes`; both whole sectors. Each sector is
     /// written atomically; a multi-sector write may tear between sectors.
+    /// An implementation never lets a write be overtaken by an earlier
+    /// write of this process to the same sectors that timed out: it refuses
+    /// the new write ([`DiskError::WriteInFlight`]) until the old one is done.
     fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DiskError>;
 }
 

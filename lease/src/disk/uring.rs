@@ -23,11 +23,17 @@ pub const ORPHANS_MAX: usize = 16;
 /// Ring entries: one I/O in flight per call, plus cancels and the parked ones.
 const RING_ENTRIES: u32 = 64;
 
+struct Orphan {
+    buffer: AlignedBuffer,
+    write_range: Option<std::ops::Range<u64>>,
+}
+
 struct Ring {
     ring: IoUring,
     next_user_data: u64,
-    /// Buffers of timed-out I/Os, by user_data, freed when they complete.
-    orphans: HashMap<u64, AlignedBuffer>,
+    /// Timed-out I/Os by user_data: their buffers (freed when they
+    /// complete) and, for writes, the byte range they may still change.
+    orphans: HashMap<u64, Orphan>,
     /// The buffer of the last completed I/O, reused by the next one (a fresh
     /// mapping per I/O costs page faults on every large read).
     spare: Option<AlignedBuffer>,
@@ -106,6 +112,20 @@ impl UringDisk {
                 outstanding: ring.orphans.len(),
             });
         }
+        if let Direction::Write(_) = direction {
+            let range = offset_bytes..offset_bytes + length as u64;
+            let overtaken = ring
+                .orphans
+                .values()
+                .filter_map(|o| o.write_range.as_ref())
+                .any(|r| r.start < range.end && range.start < r.end);
+            if overtaken {
+                return Err(DiskError::WriteInFlight {
+                    device: self.name.clone(),
+                    offset_bytes,
+                });
+            }
+        }
         let mut buffer = match ring.spare.take() {
             Some(mut spare) => {
                 spare.resize(length).map_err(io_error)?;
@@ -156,7 +176,17 @@ impl UringDisk {
             }
         };
         let Some(result) = result else {
-            ring.orphans.insert(user_data, buffer);
+            let write_range = match direction {
+                Direction::Write(_) => Some(offset_bytes..offset_bytes + length as u64),
+                Direction::Read(_) => None,
+            };
+            ring.orphans.insert(
+                user_data,
+                Orphan {
+                    buffer,
+                    write_range,
+                },
+            );
             let cancel = opcode::AsyncCancel::new(user_data).build().user_data(0);
             // SAFETY: a cancel entry carries no buffer.
             if unsafe { ring.ring.submission().push(&cancel) }.is_ok() {
@@ -210,8 +240,8 @@ impl Drop for UringDisk {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         reap(&mut ring, None);
         // The kernel may still write into these; never unmap them.
-        for (_, buffer) in ring.orphans.drain() {
-            std::mem::forget(buffer);
+        for (_, orphan) in ring.orphans.drain() {
+            std::mem::forget(orphan.buffer);
         }
     }
 }

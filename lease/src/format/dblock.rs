@@ -9,6 +9,7 @@ const LVER_OFFSET: usize = BODY_OFFSET; // u64
 const MBAL_OFFSET: usize = 72; // u64
 const BAL_OFFSET: usize = 80; // u64
 const INP_OWNER_OFFSET: usize = 88; // u32
+const FLAGS_OFFSET: usize = 92; // u32
 const INP_GENERATION_OFFSET: usize = 96; // u64
 const INP_NAME_OFFSET: usize = 104; // 48 bytes
 const TIMESTAMP_OFFSET: usize = 152; // u64
@@ -32,6 +33,9 @@ pub struct DblockRecord {
     /// Ballot in which `inp` was accepted; 0 = none.
     pub bal: u64,
     pub inp: Option<Proposal>,
+    /// The owner released the lease it won in instance `lver` (only ever
+    /// set by that owner, on its own dblock).
+    pub released: bool,
     pub timestamp_ms: u64,
 }
 
@@ -42,6 +46,7 @@ impl DblockRecord {
             mbal: 0,
             bal: 0,
             inp: None,
+            released: false,
             timestamp_ms: 0,
         }
     }
@@ -57,6 +62,7 @@ impl DblockRecord {
             e.u64(INP_GENERATION_OFFSET, inp.owner.generation);
             e.name(INP_NAME_OFFSET, RESOURCE_NAME_BYTES, &inp.name);
         }
+        e.u32(FLAGS_OFFSET, u32::from(self.released));
         e.u64(TIMESTAMP_OFFSET, self.timestamp_ms);
         Ok(e.seal(RecordKind::Dblock, lockspace, sector_size_bytes))
     }
@@ -67,7 +73,13 @@ impl DblockRecord {
         max_hosts: u32,
     ) -> Result<DblockRecord, FormatError> {
         let d = Decoder::open(sector, RecordKind::Dblock, Some(lockspace))?;
-        d.reserved("dblock reserved", 92..96)?;
+        let flags = d.u32(FLAGS_OFFSET);
+        if flags > 1 {
+            return Err(FormatError::BadField {
+                field: "dblock flags",
+                reason: format!("unknown bits {:#x}", flags & !1),
+            });
+        }
         d.reserved("dblock reserved", RESERVED_OFFSET..RECORD_SIZE_BYTES)?;
         let inp = match HostId::new(d.u32(INP_OWNER_OFFSET)) {
             None => {
@@ -97,6 +109,7 @@ impl DblockRecord {
             mbal: d.u64(MBAL_OFFSET),
             bal: d.u64(BAL_OFFSET),
             inp,
+            released: flags == 1,
             timestamp_ms: d.u64(TIMESTAMP_OFFSET),
         };
         if record.bal > record.mbal {
@@ -109,6 +122,12 @@ impl DblockRecord {
             return Err(FormatError::BadField {
                 field: "bal",
                 reason: "a proposal without a ballot, or a ballot without a proposal".to_string(),
+            });
+        }
+        if record.released && record.inp.is_none() {
+            return Err(FormatError::BadField {
+                field: "dblock flags",
+                reason: "released without a proposal".to_string(),
             });
         }
         Ok(record)
