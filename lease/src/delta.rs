@@ -83,10 +83,13 @@ pub struct Renewal {
 
 /// Join the lockspace as `request.host_id`.
 ///
-/// If the sector shows a possibly-live owner under another name, watch it
-/// until it has stood still for that owner's `host_dead_ms` (failing at once
-/// if it moves). A released, fenced or never-used sector, or our own name
-/// (a restart of this host after a crash), needs no watching. Then write our
+/// If the sector shows a possibly-live owner under another name, that owner
+/// must advertise a watchdog: then watch it until it has stood still for its
+/// `host_dead_ms` (failing at once if it moves); without a watchdog the join
+/// is refused ([`LeaseError::HostIdNotFree`]): it could be paused, not dead.
+/// A released, fenced or never-used sector, or our own name (a restart of
+/// this host after a crash), needs no watching. So every generation from
+/// the floor up to the current one always belongs to one host name. Then write our
 /// record, wait `acquire_settle_ms`, and re-read: if anything else is there,
 /// another process joined with the same id and we back off.
 pub fn join(space: &Lockspace, request: JoinRequest) -> Operation<Result<DeltaLease, LeaseError>> {
@@ -118,17 +121,19 @@ async fn join_inner(
         // Our own earlier incarnation, not released: it crashed. Its
         // generation may still own leases (its VMs may run); keep it protected.
         current.generation_floor
-    } else {
+    } else if current.flags.watchdog {
         wait_until_still(port, space, &current).await?;
-        if current.flags.watchdog {
-            // Standing still past its host_dead time, its watchdog has fired.
-            current.generation + 1
-        } else {
-            // Without a watchdog it may be paused, not dead, with its
-            // resources still running: its generation stays protected until
-            // it is fenced (or its own machine declares it over).
-            current.generation_floor
-        }
+        // Standing still past its host_dead time, its watchdog has fired:
+        // that machine and everything it ran under this id are gone.
+        current.generation + 1
+    } else {
+        // Without a watchdog it may be paused, not dead, with its resources
+        // still running, and no amount of waiting proves otherwise.
+        return Err(LeaseError::HostIdNotFree {
+            host_id,
+            owner_name: current.host_name,
+            generation: current.generation,
+        });
     };
     let generation = current.generation.checked_add(1).ok_or_else(|| {
         LeaseError::Invalid(format!("host {host_id}: generation counter exhausted"))
@@ -229,11 +234,17 @@ fn verify_own(lease: &DeltaLease, found: &HostRecord) -> Result<(), LeaseError> 
             fencer: found.fencer_host_id,
         });
     }
-    if found != ours {
-        let reason = if found.generation != ours.generation
-            || found.nonce != ours.nonce
-            || found.host_name != ours.host_name
-        {
+    // Our own record, or a later write of ours that timed out and landed
+    // after all (same incarnation, newer timestamp): still ours.
+    let same_incarnation = found.generation == ours.generation
+        && found.nonce == ours.nonce
+        && found.host_name == ours.host_name
+        && found.io_timeout_ms == ours.io_timeout_ms
+        && found.flags == ours.flags;
+    let ours_or_later =
+        found == ours || (same_incarnation && found.timestamp_ms > ours.timestamp_ms);
+    if !ours_or_later {
+        let reason = if !same_incarnation {
             format!(
                 "the sector now holds {:?} generation {} (we are {:?} generation {})",
                 found.host_name, found.generation, ours.host_name, ours.generation
@@ -304,7 +315,7 @@ async fn renew_inner(
     // The read may have taken up to io_timeout: look at the deadline again.
     check_deadline(space, &lease, port.now_ms())?;
     let mut record = lease.record.clone();
-    record.timestamp_ms = port.now_ms().max(record.timestamp_ms + 1);
+    record.timestamp_ms = port.now_ms().max(found.timestamp_ms + 1);
     if let Some(capacity) = request.capacity {
         record.capacity = capacity;
     }
@@ -336,6 +347,9 @@ pub fn leave(space: &Lockspace, lease: &DeltaLease) -> Operation<Result<HostReco
         verify_own(&lease, &found)?;
         let mut record = lease.record.clone();
         record.flags.released = true;
+        // Leaving means nothing of this host runs any more: every generation
+        // of it is over, not only this one.
+        record.generation_floor = record.generation;
         record.timestamp_ms = port.now_ms().max(record.timestamp_ms + 1);
         let encoded = record
             .encode(&space.name, space.geometry.sector_size_bytes())

@@ -40,6 +40,13 @@ pub enum LeaseError {
         owner_name: String,
         generation: u64,
     },
+    /// the host id was last used by another host that may still be running
+    #[error("host id {host_id} was last used by {owner_name:?} (generation {generation}), which runs no watchdog and neither left nor was fenced: it may be paused with its resources running; fence it, or pick another host id")]
+    HostIdNotFree {
+        host_id: HostId,
+        owner_name: String,
+        generation: u64,
+    },
     /// delta acquire found another writer's record after its own write
     #[error("host id {host_id}: another process ({found_name:?}, generation {found_generation}) wrote the host sector while we joined; not joined")]
     JoinRace {

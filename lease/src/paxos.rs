@@ -137,7 +137,7 @@ pub(crate) async fn acquire_inner(
             }
         }
         match ballot_round(port, space, request, &leader, lver, &own, &mut highest_seen).await? {
-            Round::Chosen(value) if value.owner == request.owner => {
+            Round::Chosen(value) if value.owner == request.owner && value.name == request.name => {
                 return Ok(chosen_leader(
                     space,
                     request,
@@ -146,6 +146,19 @@ pub(crate) async fn acquire_inner(
                     value,
                     port.now_ms(),
                 ));
+            }
+            Round::Chosen(value) if value.owner == request.owner => {
+                // Our own earlier proposal for another name (from an acquire
+                // that failed with an I/O error) was accepted and is now
+                // chosen: we hold this slot under that name without wanting
+                // it. Give it back; the next round reports the slot taken.
+                let release = ReleaseRequest {
+                    location: request.location,
+                    owner: request.owner,
+                    lver: Some(lver),
+                    clear_name: false,
+                };
+                release_inner(port, space, &release).await?;
             }
             Round::Chosen(value) if lver > next => {
                 // We completed a lagging instance for someone else: look again.
@@ -483,35 +496,44 @@ pub(crate) async fn release_inner(
         (Some(_), false) => None,
         _ => Some(space.read_leader(port, location).await?),
     };
-    let lver = match (request.lver, &leader) {
-        (Some(lver), _) => lver,
-        (None, Some(leader)) if leader.held_by() == Some(request.owner) => leader.lver,
-        (None, Some(leader)) => {
-            return Err(not_owner(match leader.owner {
-                None => "never owned".to_string(),
-                Some(owner) => format!("owned by {owner}, lver {}", leader.lver),
-            }))
-        }
-        (None, None) => unreachable!("the leader is read when no lver is given"),
-    };
     let name = leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
     let own = read_dblock(port, space, location, request.owner.host_id, &name).await?;
-    let ours = own.lver == lver
-        && own
-            .inp
-            .as_ref()
-            .is_some_and(|inp| inp.owner == request.owner);
-    if !ours || own.released {
-        return Err(not_owner(format!(
-            "our dblock shows lver {}{}",
-            own.lver,
-            if own.released {
-                ", already released"
-            } else {
-                ""
-            }
-        )));
+    let proposes_us = own
+        .inp
+        .as_ref()
+        .is_some_and(|inp| inp.owner == request.owner);
+    // Without a known lver, anything of ours from the leader's instance on
+    // counts: an acquire that failed with an I/O error may have had our
+    // value chosen in an instance the leader does not show yet. Marking our
+    // own dblock released never changes which value an instance chose.
+    let lver_matches = match (request.lver, &leader) {
+        (Some(lver), _) => own.lver == lver,
+        (None, Some(leader)) => own.lver >= leader.lver && own.lver > 0,
+        (None, None) => false,
+    };
+    if !proposes_us || !lver_matches || own.released {
+        if request.lver.is_none() {
+            // Not ours as far as we can see; but a write of ours to this
+            // dblock that timed out may still land and make it ours. Writing
+            // the dblock back unchanged proves none is in flight: the disk
+            // refuses a write that an earlier one could overtake.
+            write_dblock(port, space, location, request.owner.host_id, &own).await?;
+        }
+        let found = match &leader {
+            Some(leader) => match leader.owner {
+                None => "a lease never owned".to_string(),
+                Some(owner) => format!("the leader shows {owner}, lver {}", leader.lver),
+            },
+            None => format!("our dblock shows lver {}", own.lver),
+        };
+        let already = if own.released && proposes_us {
+            " (ours already released)"
+        } else {
+            ""
+        };
+        return Err(not_owner(format!("{found}{already}")));
     }
+    let lver = own.lver;
     let released = DblockRecord {
         released: true,
         timestamp_ms: port.now_ms(),

@@ -73,6 +73,18 @@ fn find(slots: &SlotScan, name: &str) -> Option<(u32, LeaderRecord)> {
     })
 }
 
+/// The slot carrying `name`; "none" only when every slot could be read and
+/// decoded: an unusable slot might be the one carrying it.
+fn find_certain(slots: SlotScan, name: &str) -> Result<Option<(u32, LeaderRecord)>, LeaseError> {
+    if let Some(found) = find(&slots, name) {
+        return Ok(Some(found));
+    }
+    match slots.into_iter().find_map(|(_, leader)| leader.err()) {
+        Some(error) => Err(error),
+        None => Ok(None),
+    }
+}
+
 /// The slot carrying `name`, if any.
 pub fn lookup(
     space: &Lockspace,
@@ -83,7 +95,7 @@ pub fn lookup(
     Operation::new(move |port| async move {
         check_resource_name(&name)?;
         let slots = scan_inner(&port, &space).await?;
-        Ok(find(&slots, &name))
+        find_certain(slots, &name)
     })
 }
 
@@ -109,7 +121,7 @@ async fn acquire_inner(
         seed = seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let slots = scan_inner(port, space).await?;
+        let mut slots = scan_inner(port, space).await?;
         let paxos_request = |slot: u32, claim: bool| AcquireRequest {
             location: space.geometry.resource_lease(slot),
             owner: request.owner,
@@ -124,6 +136,15 @@ async fn acquire_inner(
                 Ok(leader) => return Ok((slot, leader)),
                 Err(LeaseError::SlotTaken { .. }) => continue,
                 Err(e) => return Err(e),
+            }
+        }
+        let failed_read = slots
+            .iter()
+            .position(|(_, leader)| matches!(leader, Err(LeaseError::Disk(_))));
+        if let Some(index) = failed_read {
+            // A read failed: report the I/O error itself, not a blocked claim.
+            if let (_, Err(e)) = slots.swap_remove(index) {
+                return Err(e);
             }
         }
         if let Some((slot, Err(e))) = slots.iter().find(|(_, leader)| leader.is_err()) {
@@ -147,11 +168,13 @@ async fn acquire_inner(
             Err(LeaseError::SlotTaken { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let again = scan_inner(port, space).await?;
+        let mut again = scan_inner(port, space).await?;
         let duplicate = again.iter().any(|(other, leader)| {
             *other != slot && matches!(leader, Ok(l) if l.name == request.name)
         });
-        if !duplicate {
+        // A slot we cannot read might carry the same name: no certainty.
+        let unreadable = again.iter().position(|(_, leader)| leader.is_err());
+        if !duplicate && unreadable.is_none() {
             return Ok((slot, leader));
         }
         paxos::release_inner(
@@ -165,6 +188,11 @@ async fn acquire_inner(
             },
         )
         .await?;
+        if let Some(index) = unreadable {
+            if let (_, Err(e)) = again.swap_remove(index) {
+                return Err(e);
+            }
+        }
         let pause_ms = 1 + seed % timeouts.paxos_backoff_max_ms.max(1);
         port.sleep_until(port.now_ms() + pause_ms).await;
     }
@@ -188,19 +216,33 @@ pub fn release(
     Operation::new(move |port| async move {
         check_resource_name(&name)?;
         let slots = scan_inner(&port, &space).await?;
-        let Some((slot, _)) = find(&slots, &name) else {
+        // Every slot carrying the name: a claim race may have left ours in a
+        // second one before we gave it back.
+        let carrying: Vec<u32> = slots
+            .iter()
+            .filter_map(|(slot, leader)| match leader {
+                Ok(leader) if leader.name == name => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        if carrying.is_empty() {
+            find_certain(slots, &name)?;
             return Ok(None);
-        };
-        let request = ReleaseRequest {
-            location: space.geometry.resource_lease(slot),
-            owner,
-            lver: None,
-            clear_name: false,
-        };
-        match paxos::release_inner(&port, &space, &request).await {
-            Ok(lver) => Ok(Some((slot, lver))),
-            Err(LeaseError::NotOwner { .. }) => Ok(None),
-            Err(e) => Err(e),
         }
+        let mut released = None;
+        for slot in carrying {
+            let request = ReleaseRequest {
+                location: space.geometry.resource_lease(slot),
+                owner,
+                lver: None,
+                clear_name: false,
+            };
+            match paxos::release_inner(&port, &space, &request).await {
+                Ok(lver) => released = released.or(Some((slot, lver))),
+                Err(LeaseError::NotOwner { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(released)
     })
 }

@@ -77,9 +77,26 @@ fn crash_restart_under_same_name_keeps_old_generation_protected() {
 }
 
 #[test]
-fn join_over_a_dead_owner_waits_host_dead_then_succeeds() {
+fn join_over_another_hosts_sector_needs_its_watchdog_or_a_fence() {
     let s = setup(4, 1);
     s.join(1, "alpha");
+    // alpha runs no watchdog: standing still it may be paused, not dead.
+    let start = s.clock.now_ms();
+    match s.run(delta::join(&s.space, join_request(1, "bravo"))) {
+        Err(LeaseError::HostIdNotFree {
+            owner_name,
+            generation: 1,
+            ..
+        }) => assert_eq!(owner_name, "alpha"),
+        other => panic!("expected HostIdNotFree, got {other:?}"),
+    }
+    assert_eq!(s.clock.now_ms(), start, "refused without waiting");
+
+    // With a watchdog, host_dead of stillness means it was reset.
+    let s = setup(4, 1);
+    let mut request = join_request(1, "alpha");
+    request.watchdog = true;
+    s.run(delta::join(&s.space, request)).expect("join alpha");
     let start = s.clock.now_ms();
     let lease = s.join(1, "bravo");
     let waited = s.clock.now_ms() - start;
@@ -90,17 +107,6 @@ fn join_over_a_dead_owner_waits_host_dead_then_succeeds() {
         t.host_dead_ms
     );
     assert_eq!(lease.record.generation, 2);
-    // alpha had no watchdog: standing still it may be paused, not dead, so
-    // its generation stays protected (only a fence ends it).
-    assert_eq!(lease.record.generation_floor, 1);
-    assert!(!lease.record.generation_is_over(1));
-
-    // With a watchdog, host_dead of stillness means it was reset.
-    let s = setup(4, 1);
-    let mut request = join_request(1, "alpha");
-    request.watchdog = true;
-    s.run(delta::join(&s.space, request)).expect("join alpha");
-    let lease = s.join(1, "bravo");
     assert_eq!(
         lease.record.generation_floor, 2,
         "alpha's generation is over after the wait"
@@ -111,7 +117,11 @@ fn join_over_a_dead_owner_waits_host_dead_then_succeeds() {
 #[test]
 fn join_over_a_live_owner_fails() {
     let s = setup(4, 1);
-    let mut alpha = s.join(1, "alpha");
+    let mut with_watchdog = join_request(1, "alpha");
+    with_watchdog.watchdog = true;
+    let mut alpha = s
+        .run(delta::join(&s.space, with_watchdog))
+        .expect("join alpha");
     let mut op = delta::join(&s.space, join_request(1, "bravo"));
     let mut outcome = None;
     let result = loop {
@@ -160,7 +170,9 @@ fn two_joiners_with_one_id_never_both_join() {
                 assert!(
                     matches!(
                         e,
-                        LeaseError::JoinRace { .. } | LeaseError::HostIdInUse { .. }
+                        LeaseError::JoinRace { .. }
+                            | LeaseError::HostIdInUse { .. }
+                            | LeaseError::HostIdNotFree { .. }
                     ),
                     "seed {seed}: {e}"
                 );

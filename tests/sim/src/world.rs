@@ -99,6 +99,8 @@ struct PendingIo {
     /// What the caller gets, fixed at completion (or at the deadline).
     outcome: Option<IoOutcome>,
     delivered: bool,
+    /// When the process issued it (true time).
+    issued_ms: u64,
     /// Issued on a hung path: reaches the device only when the path heals.
     waiting_for_heal: bool,
     /// After a power loss: the write vanishes, or lands torn.
@@ -582,7 +584,6 @@ impl World {
         process.work.abandon();
         process.watchdog_armed = false;
         process.paused_until_ms = None;
-        process.liveness_target = None;
         self.deferred[p].clear();
         self.note(12, p as u64, || format!("p{p} loses power"));
         if restart {
@@ -1019,6 +1020,11 @@ impl World {
                 }
             }
             Done::Release(name, result) => {
+                let summary = match &result {
+                    Ok(lver) => format!("released lver {lver}"),
+                    Err(e) => format!("release failed: {e}"),
+                };
+                self.note(47, p as u64, || format!("p{p} {name}: {summary}"));
                 if matches!(result, Err(LeaseError::Disk(_))) {
                     // The release may not have landed: the lease may still
                     // be ours on disk. Release it by name until that works.
@@ -1026,6 +1032,10 @@ impl World {
                 }
             }
             Done::Cleanup(name, result) => {
+                let summary = format!("{result:?}");
+                self.note(48, p as u64, || {
+                    format!("p{p} cleanup of {name}: {summary}")
+                });
                 if !matches!(result, Err(LeaseError::Disk(_))) {
                     self.processes[p].cleanup.remove(&name);
                 }
@@ -1094,7 +1104,8 @@ impl World {
         let timeout = u64::from(self.processes[p].io_timeout_ms);
         let mut latency =
             self.scenario.latency_base_ms + self.rng.below(self.scenario.latency_jitter_ms + 1);
-        if self.scenario.faults.io_stall_chance > 0.0
+        if !self.liveness
+            && self.scenario.faults.io_stall_chance > 0.0
             && self.rng.chance(self.scenario.faults.io_stall_chance)
         {
             latency += self.rng.range(timeout, 5 * timeout);
@@ -1133,6 +1144,7 @@ impl World {
             refused,
             outcome: None,
             delivered: false,
+            issued_ms: self.now_ms,
             waiting_for_heal: matches!(path, Path::Hung { .. }) && lands,
             dropped: false,
             torn: false,
@@ -1175,12 +1187,12 @@ impl World {
         io.applies_left -= 1;
         let offset = io.offset_bytes;
         let late = io.data.is_some() && (io.delivered || io.epoch != self.processes[io.p].epoch);
-        let (writer, writer_epoch) = (io.p, io.epoch);
+        let (writer, writer_epoch, issued) = (io.p, io.epoch, io.issued_ms);
         if late {
             let dropped = io.dropped;
             self.note(56, offset, || {
                 format!(
-                    "a late write of p{writer} (life {writer_epoch}) at offset {offset} {}",
+                    "a late write of p{writer} (life {writer_epoch}, issued at {issued}) at offset {offset} {}",
                     if dropped { "is lost" } else { "lands" }
                 )
             });
