@@ -4,12 +4,12 @@ use crate::cli::{DirectCommand, HostArgs, ResourceArgs};
 use crate::open::{open_lockspace, random_u64};
 use anyhow::{Context, Result};
 use lease::clock::SystemClock;
-use lease::delta::{self, JoinRequest, RenewRequest};
+use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
+use lease::disk::Disk;
 use lease::format::{Capacity, FenceMethod};
 use lease::op::run;
-use lease::paxos::{self, ReleaseRequest};
 use lease::resource::{self, NamedAcquire};
-use lease::{LeaseError, Owner};
+use lease::{HostId, LeaseError, Lockspace};
 
 pub fn run_command(command: DirectCommand) -> Result<()> {
     match command {
@@ -47,7 +47,8 @@ fn join(args: &HostArgs) -> Result<()> {
     Ok(())
 }
 
-fn renew(args: &HostArgs) -> Result<()> {
+/// Open the device and take up the delta lease this host name holds there.
+fn adopted(args: &HostArgs) -> Result<(Box<dyn Disk>, Lockspace, HostId, DeltaLease)> {
     let (disk, space) = open_lockspace(&args.device)?;
     let host_id = space.check_host_id(args.host_id)?;
     let lease = run(
@@ -55,6 +56,11 @@ fn renew(args: &HostArgs) -> Result<()> {
         disk.as_ref(),
         &SystemClock,
     )?;
+    Ok((disk, space, host_id, lease))
+}
+
+fn renew(args: &HostArgs) -> Result<()> {
+    let (disk, space, host_id, lease) = adopted(args)?;
     let renewal = run(
         delta::renew(&space, &lease, RenewRequest::default()),
         disk.as_ref(),
@@ -69,13 +75,7 @@ fn renew(args: &HostArgs) -> Result<()> {
 }
 
 fn leave(args: &HostArgs) -> Result<()> {
-    let (disk, space) = open_lockspace(&args.device)?;
-    let host_id = space.check_host_id(args.host_id)?;
-    let lease = run(
-        delta::adopt(&space, host_id, &args.host_name),
-        disk.as_ref(),
-        &SystemClock,
-    )?;
+    let (disk, space, host_id, lease) = adopted(args)?;
     let record = run(delta::leave(&space, &lease), disk.as_ref(), &SystemClock)
         .with_context(|| format!("leaving lockspace {}", space.name))?;
     println!(
@@ -121,36 +121,24 @@ fn release(args: &ResourceArgs) -> Result<()> {
         disk.as_ref(),
         &SystemClock,
     )?;
-    let found = run(
-        resource::lookup(&space, &args.resource),
-        disk.as_ref(),
-        &SystemClock,
-    )?;
-    let Some((slot, _)) = found else {
-        return Err(LeaseError::Invalid(format!(
-            "no resource {:?} in lockspace {} on {}",
-            args.resource, space.name, space.device
-        ))
-        .into());
-    };
-    let owner: Owner = record.owner();
-    let leader = run(
-        paxos::release(
-            &space,
-            ReleaseRequest {
-                location: space.geometry.resource_lease(slot),
-                owner,
-                lver: None,
-                clear_name: false,
-            },
-        ),
+    let owner = record.owner();
+    let released = run(
+        resource::release(&space, &args.resource, owner),
         disk.as_ref(),
         &SystemClock,
     )
     .with_context(|| format!("releasing {:?} for host {host_id}", args.resource))?;
+    let Some((slot, lver)) = released else {
+        return Err(LeaseError::NotOwner {
+            resource: format!("resource {:?}", args.resource),
+            owner,
+            found: "no lease of this host under that name".to_string(),
+        }
+        .into());
+    };
     println!(
-        "released {} (slot {slot}), lease version {}",
-        args.resource, leader
+        "released {} (slot {slot}), lease version {lver}",
+        args.resource
     );
     Ok(())
 }

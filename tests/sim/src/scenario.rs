@@ -55,8 +55,9 @@ pub struct Scenario {
     pub watchdog: Vec<bool>,
     pub fence_device: Vec<bool>,
     pub fence_success_chance: f64,
-    pub latency_base_ms: u64,
-    pub latency_jitter_ms: u64,
+    /// Per host: the storage path's base latency and its random spread (ms).
+    pub latency_base_ms: Vec<u64>,
+    pub latency_jitter_ms: Vec<u64>,
     pub faults: FaultRates,
     pub planted_bug: Option<PlantedBug>,
 }
@@ -86,6 +87,8 @@ impl Scenario {
         let watchdog_share = [0.0, 0.5, 1.0][rng.below(3) as usize];
         let watchdog = (0..hosts).map(|_| rng.chance(watchdog_share)).collect();
         let fence_device = (0..hosts).map(|_| rng.chance(0.8)).collect();
+        let latency_base_ms = (0..hosts).map(|_| rng.range(1, 5)).collect();
+        let latency_jitter_ms = (0..hosts).map(|_| rng.range(1, 50)).collect();
         let scale = options.fault_scale.unwrap_or(1.0);
         let mut faults = FaultRates::default();
         if scale > 0.0 && !rng.chance(0.1) {
@@ -113,8 +116,8 @@ impl Scenario {
             watchdog,
             fence_device,
             fence_success_chance: [1.0, 0.7][rng.below(2) as usize],
-            latency_base_ms: rng.range(1, 5),
-            latency_jitter_ms: rng.range(1, 50),
+            latency_base_ms,
+            latency_jitter_ms,
             faults,
             planted_bug: options.planted_bug,
         }
@@ -138,7 +141,7 @@ impl fmt::Display for Scenario {
         };
         write!(
             f,
-            "hosts={} resources={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={}+{}ms \
+            "hosts={} resources={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
              path={} device_stall={} pause={} clock_jump={} crash={} corruption={} io_stall={} torn={} impostors={} planted={}",
             self.hosts,
             self.resources,

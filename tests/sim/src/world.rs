@@ -314,6 +314,26 @@ impl World {
         self.processes[p].clock.local_ms(self.now_ms)
     }
 
+    /// A process's storage latency: its host's (an impostor uses the
+    /// latencies of the host id it claims).
+    fn latency_base_ms(&self, p: usize) -> u64 {
+        let host = self.processes[p].host_id.index() as usize;
+        self.scenario
+            .latency_base_ms
+            .get(host)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    fn latency_jitter_ms(&self, p: usize) -> u64 {
+        let host = self.processes[p].host_id.index() as usize;
+        self.scenario
+            .latency_jitter_ms
+            .get(host)
+            .copied()
+            .unwrap_or(1)
+    }
+
     fn timeouts(&self, p: usize) -> Timeouts {
         Timeouts::from_io_timeout_ms(self.processes[p].io_timeout_ms)
     }
@@ -1102,8 +1122,7 @@ impl World {
             Io::Write { offset_bytes, data } => (offset_bytes, data.len() as u64, Some(data)),
         };
         let timeout = u64::from(self.processes[p].io_timeout_ms);
-        let mut latency =
-            self.scenario.latency_base_ms + self.rng.below(self.scenario.latency_jitter_ms + 1);
+        let mut latency = self.latency_base_ms(p) + self.rng.below(self.latency_jitter_ms(p) + 1);
         if !self.liveness
             && self.scenario.faults.io_stall_chance > 0.0
             && self.rng.chance(self.scenario.faults.io_stall_chance)
@@ -1111,8 +1130,8 @@ impl World {
             latency += self.rng.range(timeout, 5 * timeout);
         }
         if self.device_stalled_until_ms > self.now_ms {
-            latency = latency
-                .max(self.device_stalled_until_ms - self.now_ms + self.scenario.latency_base_ms);
+            latency =
+                latency.max(self.device_stalled_until_ms - self.now_ms + self.latency_base_ms(p));
         }
         let sectors = length_bytes / u64::from(self.scenario.sector_size_bytes);
         let chunks: u8 = if data.is_none() && sectors > 1 { 2 } else { 1 };
@@ -1159,7 +1178,7 @@ impl World {
                     let at = self.rng.below(latency + 1);
                     self.schedule(at, Event::Apply { io: id, chunk: 0 });
                 }
-                let base = self.scenario.latency_base_ms;
+                let base = self.latency_base_ms(p);
                 self.schedule(base, Event::Complete { io: id });
             }
             Path::Hung { .. } => {
