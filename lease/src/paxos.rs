@@ -160,9 +160,8 @@ pub(crate) async fn acquire_inner(
                 };
                 release_inner(port, space, &release).await?;
             }
-            Round::Chosen(value) if lver > next => {
+            Round::Chosen(_) if lver > next => {
                 // We completed a lagging instance for someone else: look again.
-                let _ = value;
             }
             Round::Chosen(value) => {
                 if value.name != request.name {
