@@ -119,6 +119,9 @@ fn exit_statuses_say_busy_and_lost() {
         "--resource",
         "vm1",
     ]);
+    let dump = dump_json(&path);
+    assert_eq!(dump["resources"][0]["held"], false, "{dump}");
+    assert_eq!(dump["resources"][0]["flags"][0], "released", "{dump}");
     leasehold_ok(&[
         "direct",
         "acquire",
@@ -131,6 +134,7 @@ fn exit_statuses_say_busy_and_lost() {
     let dump = dump_json(&path);
     assert_eq!(dump["resources"][0]["owner_host_id"], 2);
     assert_eq!(dump["resources"][0]["lver"], 2);
+    assert_eq!(dump["resources"][0]["held"], true);
     // A host that never joined cannot acquire.
     let out = leasehold(&[
         "direct",

@@ -1,12 +1,15 @@
 //! Whole-device operations: format, and reading everything for `dump`.
 
+use crate::clock::SystemClock;
 use crate::disk::Disk;
 use crate::error::LeaseError;
 use crate::format::{
     DblockRecord, Geometry, HeaderRecord, HostRecord, LeaderRecord, LeaseLocation,
 };
-use crate::ids::HostId;
+use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
+use crate::op::run;
+use crate::paxos;
 use serde::Serialize;
 
 /// What `format` writes.
@@ -114,6 +117,8 @@ pub struct HostEntry {
 pub struct LeaseEntry {
     pub location: LeaseLocation,
     pub leader: Option<LeaderRecord>,
+    /// Who holds it now: the leader's owner unless its dblock says it let go.
+    pub holder: Option<Owner>,
     pub error: Option<String>,
 }
 
@@ -147,16 +152,20 @@ pub fn dump(disk: &dyn Disk) -> Result<Dump, LeaseError> {
         })
         .collect();
     let read_leader = |location: LeaseLocation| -> LeaseEntry {
-        let mut sector = vec![0; geometry.sector_size_bytes() as usize];
-        let decoded = disk
-            .read(location.leader_offset_bytes, &mut sector)
-            .map_err(LeaseError::from)
-            .and_then(|()| space.decode_leader(&location, &sector));
-        let (leader, error) = split(decoded);
-        LeaseEntry {
-            location,
-            leader,
-            error,
+        // The leader, and the owner's dblock for whether it released.
+        match run(paxos::inquire(&space, location), disk, &SystemClock) {
+            Ok(status) => LeaseEntry {
+                location,
+                holder: status.holder,
+                leader: Some(status.leader),
+                error: None,
+            },
+            Err(e) => LeaseEntry {
+                location,
+                leader: None,
+                holder: None,
+                error: Some(e.to_string()),
+            },
         }
     };
     let fence_leases = (1..=geometry.max_hosts())

@@ -47,8 +47,8 @@ fn host_flags(record: &HostRecord) -> Vec<&'static str> {
     flags
 }
 
-fn leader_flags(leader: &LeaderRecord) -> Vec<&'static str> {
-    if leader.flags.released {
+fn leader_flags(entry: &LeaseEntry, leader: &LeaderRecord) -> Vec<&'static str> {
+    if leader.owner.is_some() && entry.holder.is_none() {
         vec!["released"]
     } else {
         Vec::new()
@@ -66,7 +66,8 @@ fn lease_json(entry: &LeaseEntry) -> Value {
         value["owner_host_id"] = json!(leader.owner.map(|o| o.host_id.get()));
         value["owner_generation"] = json!(leader.owner.map(|o| o.generation));
         value["lver"] = json!(leader.lver);
-        value["flags"] = json!(leader_flags(leader));
+        value["flags"] = json!(leader_flags(entry, leader));
+        value["held"] = json!(entry.holder.is_some());
         value["timestamp_ms"] = json!(leader.timestamp_ms);
     }
     value["error"] = json!(entry.error);
@@ -218,7 +219,7 @@ fn print_leases(entries: &[LeaseEntry], all: bool, index_label: &str) {
                     .map(|o| o.generation.to_string())
                     .unwrap_or_else(|| "-".to_string()),
                 l.lver,
-                leader_flags(l).join(","),
+                leader_flags(e, l).join(","),
                 e.location.leader_offset_bytes
             ),
             (None, Some(err)) => println!(
