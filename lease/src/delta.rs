@@ -29,6 +29,10 @@ pub struct JoinRequest {
 pub struct DeltaLease {
     pub record: HostRecord,
     pub last_renewal_ms: u64,
+    /// When (our clock) the first renewal from then on declares the
+    /// previous owner's generations over (raises the floor); None when
+    /// nothing is pending.
+    pub raise_floor_at_ms: Option<u64>,
     /// The record found in our sector when we joined: its name tells a
     /// restart of this host from a takeover of another's id.
     pub previous: HostRecord,
@@ -111,6 +115,7 @@ async fn join_inner(
     Timeouts::validate_io_timeout_ms(request.io_timeout_ms).map_err(LeaseError::Invalid)?;
     let timeouts = Timeouts::from_io_timeout_ms(request.io_timeout_ms);
     let current = space.read_host(port, host_id).await?;
+    let mut raise_floor_after_ms = None;
     let generation_floor = if current.is_unused() {
         1
     } else if current.flags.released
@@ -123,9 +128,14 @@ async fn join_inner(
         current.generation_floor
     } else if current.flags.watchdog {
         wait_until_still(port, space, &current).await?;
-        // Standing still past its host_dead time, its watchdog has fired:
-        // that machine and everything it ran under this id are gone.
-        current.generation + 1
+        // Standing still past its host_dead time, its watchdog has fired.
+        // Yet we might have paused between our last look and our write: its
+        // generation is declared over only once host_dead has passed after
+        // our write too (by then it saw our record and stopped, or its
+        // watchdog reset it). The first renewal after that raises the floor.
+        raise_floor_after_ms =
+            Some(Timeouts::from_io_timeout_ms(current.io_timeout_ms).host_dead_ms);
+        current.generation_floor
     } else {
         // Without a watchdog it may be paused, not dead, with its resources
         // still running, and no amount of waiting proves otherwise.
@@ -166,6 +176,7 @@ async fn join_inner(
         return Ok(DeltaLease {
             record,
             last_renewal_ms: written_ms,
+            raise_floor_at_ms: raise_floor_after_ms.map(|after| written_ms + after),
             previous: current,
         });
     }
@@ -182,6 +193,7 @@ async fn join_inner(
     Ok(DeltaLease {
         record,
         last_renewal_ms: written_ms,
+        raise_floor_at_ms: raise_floor_after_ms.map(|after| written_ms + after),
         previous: current,
     })
 }
@@ -194,17 +206,17 @@ async fn wait_until_still(
     current: &HostRecord,
 ) -> Result<(), LeaseError> {
     let owner_timeouts = Timeouts::from_io_timeout_ms(current.io_timeout_ms);
-    let still_since_ms = port.now_ms();
+    let deadline_ms = port.now_ms() + owner_timeouts.host_dead_ms;
     // One read per renew interval of the owner until host_dead has passed:
     // host_dead / renew_interval = 6 reads, plus slack for late wake-ups.
     let reads_max = owner_timeouts.host_dead_ms / owner_timeouts.renew_interval_ms + 4;
     for _ in 0..reads_max {
-        if port.now_ms() >= still_since_ms + owner_timeouts.host_dead_ms {
-            return Ok(());
-        }
-        let next_ms = (port.now_ms() + owner_timeouts.renew_interval_ms)
-            .min(still_since_ms + owner_timeouts.host_dead_ms);
+        let next_ms = (port.now_ms() + owner_timeouts.renew_interval_ms).min(deadline_ms);
         port.sleep_until(next_ms).await;
+        // Only a read that starts after the deadline proves stillness: time
+        // that passed while we were not looking (a pause of this process)
+        // proves nothing; a record unchanged from first to last read does.
+        let read_started_ms = port.now_ms();
         let again = space.read_host(port, current.host_id).await?;
         if again != *current {
             return Err(LeaseError::HostIdInUse {
@@ -213,15 +225,14 @@ async fn wait_until_still(
                 generation: again.generation,
             });
         }
+        if read_started_ms >= deadline_ms {
+            return Ok(());
+        }
     }
-    if port.now_ms() >= still_since_ms + owner_timeouts.host_dead_ms {
-        Ok(())
-    } else {
-        Err(LeaseError::Invalid(format!(
-            "host {}: gave up watching the previous owner after {reads_max} reads",
-            current.host_id
-        )))
-    }
+    Err(LeaseError::Invalid(format!(
+        "host {}: gave up watching the previous owner after {reads_max} reads",
+        current.host_id
+    )))
 }
 
 /// Check that our sector still says what we last wrote.
@@ -319,7 +330,10 @@ async fn renew_inner(
     if let Some(capacity) = request.capacity {
         record.capacity = capacity;
     }
-    if request.raise_floor {
+    let floor_due = lease
+        .raise_floor_at_ms
+        .is_some_and(|at_ms| started_ms >= at_ms);
+    if request.raise_floor || floor_due {
         record.generation_floor = record.generation;
     }
     let encoded = record
@@ -331,6 +345,11 @@ async fn renew_inner(
         lease: DeltaLease {
             record,
             last_renewal_ms: started_ms,
+            raise_floor_at_ms: if floor_due {
+                None
+            } else {
+                lease.raise_floor_at_ms
+            },
             previous: lease.previous,
         },
         host_area,
@@ -400,6 +419,7 @@ pub fn adopt(
             previous: found.clone(),
             record: found,
             last_renewal_ms: port.now_ms(),
+            raise_floor_at_ms: None,
         })
     })
 }

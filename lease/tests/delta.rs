@@ -107,11 +107,31 @@ fn join_over_another_hosts_sector_needs_its_watchdog_or_a_fence() {
         t.host_dead_ms
     );
     assert_eq!(lease.record.generation, 2);
-    assert_eq!(
-        lease.record.generation_floor, 2,
-        "alpha's generation is over after the wait"
-    );
     assert_eq!(lease.previous.host_name, "alpha");
+    // alpha's generation stays protected until host_dead has passed after
+    // our write too (we might have paused between our last look and the
+    // write); the first renewal after that declares it over.
+    assert_eq!(lease.record.generation_floor, 1);
+    let raise_at = lease.raise_floor_at_ms.expect("a floor raise is pending");
+    assert_eq!(raise_at, lease.last_renewal_ms + t.host_dead_ms);
+    let mut held = lease;
+    while s.clock.now_ms() + t.renew_interval_ms < raise_at {
+        s.clock.advance_ms(t.renew_interval_ms);
+        held = s
+            .run(delta::renew(&s.space, &held, RenewRequest::default()))
+            .expect("renew")
+            .lease;
+        assert_eq!(held.record.generation_floor, 1, "not yet");
+    }
+    s.clock.set_ms(raise_at);
+    let due = s
+        .run(delta::renew(&s.space, &held, RenewRequest::default()))
+        .expect("renew");
+    assert_eq!(
+        due.lease.record.generation_floor, 2,
+        "alpha's generation is over now"
+    );
+    assert_eq!(due.lease.raise_floor_at_ms, None);
 }
 
 #[test]

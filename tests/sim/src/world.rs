@@ -837,7 +837,21 @@ impl World {
             seed: process.rng.next_u64(),
         };
         let op = resource::acquire(&self.space, request);
-        process.work.start(Running::Acquire { name, op });
+        let dead = format!(
+            "{:?}",
+            process
+                .observer
+                .as_ref()
+                .map(|o| o.dead_hosts())
+                .unwrap_or_default()
+        );
+        process.work.start(Running::Acquire {
+            name: name.clone(),
+            op,
+        });
+        self.note(23, p as u64, || {
+            format!("p{p} acquires {name} (dead by the watchdog rule: {dead})")
+        });
         self.step(p, LaneId::Work, None);
     }
 
