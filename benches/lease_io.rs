@@ -149,6 +149,7 @@ fn bench_device(label: &str, path: &str, max_hosts: u32, iterations: usize) {
                     owner,
                     lver: Some(leader.lver),
                     clear_name: false,
+                    name: None,
                 };
                 run(paxos::release(&space, release), disk, &clock).expect("release");
             });

@@ -121,7 +121,7 @@ async fn join_inner(
     } else if current.flags.released
         || (current.flags.fenced && current.fenced_generation >= current.generation)
     {
-        current.generation + 1
+        current.generation.saturating_add(1)
     } else if current.host_name == request.host_name {
         // Our own earlier incarnation, not released: it crashed. Its
         // generation may still own leases (its VMs may run); keep it protected.
@@ -326,7 +326,7 @@ async fn renew_inner(
     // The read may have taken up to io_timeout: look at the deadline again.
     check_deadline(space, &lease, port.now_ms())?;
     let mut record = lease.record.clone();
-    record.timestamp_ms = port.now_ms().max(found.timestamp_ms + 1);
+    record.timestamp_ms = port.now_ms().max(found.timestamp_ms.saturating_add(1));
     if let Some(capacity) = request.capacity {
         record.capacity = capacity;
     }

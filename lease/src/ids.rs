@@ -41,6 +41,10 @@ impl fmt::Display for HostId {
 pub struct Owner {
     pub host_id: HostId,
     pub generation: u64,
+    /// The random nonce of that join: two processes that joined one id with
+    /// one generation (one paused between its read and its write) are still
+    /// two owners.
+    pub nonce: u64,
 }
 
 impl fmt::Display for Owner {

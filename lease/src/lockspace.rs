@@ -116,8 +116,7 @@ impl Lockspace {
         }
     }
 
-    /// Decode the sector of `host_id` (taken from `bytes`, which start at
-    /// `bytes_offset`).
+    /// Decode the sector of `host_id`.
     pub fn decode_host(&self, host_id: HostId, sector: &[u8]) -> Result<HostRecord, LeaseError> {
         HostRecord::decode(sector, &self.name, host_id).map_err(|source| {
             self.corrupt(

@@ -83,6 +83,10 @@ impl Observer {
 
     /// Feed one successful read of the whole host area, made at `now_ms`.
     pub fn observe(&mut self, now_ms: u64, space: &Lockspace, host_area: &[u8]) {
+        if host_area.len() as u64 != space.geometry.host_area_size_bytes() {
+            // Not a read of every host: it vouches for nobody.
+            return;
+        }
         let gap = match self.last_scan_ms {
             Some(last_ms) => now_ms.saturating_sub(last_ms) > self.own.scan_gap_max_ms,
             None => true,

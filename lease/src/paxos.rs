@@ -64,7 +64,7 @@ impl Backoff {
 /// Ballots of different hosts never collide since 1 <= host_id <= max_hosts.
 fn next_ballot(above: u64, host_id: HostId, max_hosts: u32) -> Option<u64> {
     let hosts = u64::from(max_hosts);
-    let round = above / hosts + 1;
+    let round = (above / hosts).checked_add(1)?;
     round
         .checked_mul(hosts)?
         .checked_add(u64::from(host_id.get()))
@@ -115,25 +115,32 @@ pub(crate) async fn acquire_inner(
             &request.name,
         )
         .await?;
-        highest_seen = highest_seen.max((own.lver, own.mbal));
+        highest_seen = highest_seen.max(instance_seen(&own));
         check_name(request, &leader)?;
-        let next = leader
-            .lver
-            .checked_add(1)
-            .ok_or_else(|| LeaseError::Invalid("lease version exhausted".to_string()))?;
+        let next = leader.lver.checked_add(1).ok_or_else(|| {
+            LeaseError::Invalid(format!(
+                "{} on {}: the lease version counter is exhausted; re-create the slot",
+                space.lease_label(&request.location, &request.name),
+                space.device
+            ))
+        })?;
         // Dblocks of a later instance than the leader's next: the leader lags.
         let lver = next.max(highest_seen.0);
         if lver == next {
             if let Some(holder) = current_holder(port, space, request, &leader, &own).await? {
-                // Held by us already: we still run a new instance rather than
-                // return the old lver, since after a release whose write timed
-                // out we cannot know whether that release will land.
-                if holder != request.owner {
-                    // Any other holder, an older generation of our own host id
-                    // included: that generation's processes may still run until
-                    // it is over (the host raises its generation floor once it knows).
-                    check_takeable(port, space, request, &leader, holder).await?;
+                if holder == request.owner {
+                    // We hold it already. Write our dblock back unchanged:
+                    // the disk refuses that while an earlier write of ours to
+                    // it (a release that timed out) may still land, so we
+                    // only answer "held" once no release of ours is in flight.
+                    write_dblock(port, space, &request.location, request.owner.host_id, &own)
+                        .await?;
+                    return Ok(leader);
                 }
+                // Any other holder, an older generation of our own host id
+                // included: that generation's processes may still run until
+                // it is over (the host raises its generation floor once it knows).
+                check_takeable(port, space, request, &leader, holder).await?;
             }
         }
         match ballot_round(port, space, request, &leader, lver, &own, &mut highest_seen).await? {
@@ -157,6 +164,7 @@ pub(crate) async fn acquire_inner(
                     owner: request.owner,
                     lver: Some(lver),
                     clear_name: false,
+                    name: None,
                 };
                 release_inner(port, space, &release).await?;
             }
@@ -319,7 +327,8 @@ async fn ballot_round(
 ) -> Result<Round, LeaseError> {
     let location = &request.location;
     let me = request.owner.host_id;
-    if own.lver > lver {
+    if instance_seen(own).0 > lver {
+        // Our own dblock is in a later instance, or released this one.
         return Ok(Round::Conflict);
     }
     let mut above = if highest_seen.0 == lver {
@@ -330,8 +339,13 @@ async fn ballot_round(
     if own.lver == lver {
         above = above.max(own.mbal);
     }
-    let ballot = next_ballot(above, me, space.geometry.max_hosts())
-        .ok_or_else(|| LeaseError::Invalid("ballot number exhausted".to_string()))?;
+    let ballot = next_ballot(above, me, space.geometry.max_hosts()).ok_or_else(|| {
+        LeaseError::Invalid(format!(
+            "{} on {}: the ballot counter is exhausted; re-create the slot",
+            space.lease_label(location, &request.name),
+            space.device
+        ))
+    })?;
     let own_index = usize::try_from(me.index()).unwrap_or(usize::MAX);
     let ours = Proposal {
         owner: request.owner,
@@ -390,8 +404,22 @@ async fn ballot_round(
 
 /// Remember the latest instance seen in the dblocks and its highest mbal.
 fn note_highest(highest_seen: &mut (u64, u64), dblocks: &[DblockRecord], lver: u64) {
-    for dblock in dblocks.iter().filter(|d| d.lver >= lver) {
-        *highest_seen = (*highest_seen).max((dblock.lver, dblock.mbal));
+    for seen in dblocks
+        .iter()
+        .map(instance_seen)
+        .filter(|(instance, _)| *instance >= lver)
+    {
+        *highest_seen = (*highest_seen).max(seen);
+    }
+}
+
+/// The earliest instance a dblock leaves open, with its mbal there: a
+/// dblock RELEASED in instance L says L is over, so it points at L + 1.
+fn instance_seen(dblock: &DblockRecord) -> (u64, u64) {
+    if dblock.released {
+        (dblock.lver.saturating_add(1), 0)
+    } else {
+        (dblock.lver, dblock.mbal)
     }
 }
 
@@ -421,9 +449,11 @@ async fn read_dblock(
 fn lost_ballot(dblocks: &[DblockRecord], lver: u64, ballot: u64, own_index: usize) -> bool {
     dblocks.iter().enumerate().any(|(index, dblock)| {
         if index == own_index {
-            dblock.lver != lver || dblock.mbal != ballot
+            dblock.lver != lver || dblock.mbal != ballot || dblock.released
         } else {
-            dblock.lver > lver || (dblock.lver == lver && dblock.mbal > ballot)
+            // A later instance began, or this one ended (its owner released
+            // it), or a higher ballot runs in it.
+            instance_seen(dblock).0 > lver || (dblock.lver == lver && dblock.mbal > ballot)
         }
     })
 }
@@ -469,6 +499,10 @@ pub struct ReleaseRequest {
     pub lver: Option<u64>,
     /// Also clear the resource name: the slot becomes free for any name.
     pub clear_name: bool,
+    /// Release only a proposal of ours for this resource name (for slots
+    /// whose leader does not show the name yet: a claim whose outcome is
+    /// unknown).
+    pub name: Option<String>,
 }
 
 /// Release a lease we hold: mark our own dblock RELEASED for the lver we
@@ -497,10 +531,9 @@ pub(crate) async fn release_inner(
     };
     let name = leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
     let own = read_dblock(port, space, location, request.owner.host_id, &name).await?;
-    let proposes_us = own
-        .inp
-        .as_ref()
-        .is_some_and(|inp| inp.owner == request.owner);
+    let proposes_us = own.inp.as_ref().is_some_and(|inp| {
+        inp.owner == request.owner && request.name.as_ref().is_none_or(|name| &inp.name == name)
+    });
     // Without a known lver, anything of ours from the leader's instance on
     // counts: an acquire that failed with an I/O error may have had our
     // value chosen in an instance the leader does not show yet. Marking our

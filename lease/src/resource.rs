@@ -99,6 +99,31 @@ pub fn lookup(
     })
 }
 
+/// A free slot for a new name, or None when every slot is in use. Refused
+/// while any leader is unusable (it might carry the name); a read that
+/// failed is reported as the I/O error it is.
+fn free_slot(name: &str, slots: &mut SlotScan) -> Result<Option<u32>, LeaseError> {
+    let failed_read = slots
+        .iter()
+        .position(|(_, leader)| matches!(leader, Err(LeaseError::Disk(_))));
+    if let Some(index) = failed_read {
+        if let (_, Err(e)) = slots.swap_remove(index) {
+            return Err(e);
+        }
+    }
+    if let Some((slot, Err(e))) = slots.iter().find(|(_, leader)| leader.is_err()) {
+        return Err(LeaseError::ClaimBlocked {
+            resource: name.to_string(),
+            slot: *slot,
+            reason: e.to_string(),
+        });
+    }
+    Ok(slots.iter().find_map(|(slot, leader)| match leader {
+        Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
+        _ => None,
+    }))
+}
+
 /// Acquire the resource `name`, claiming a free slot if no slot carries it.
 /// Returns the slot and the leader we wrote.
 pub fn acquire(
@@ -131,43 +156,26 @@ async fn acquire_inner(
             io_timeout_ms: request.io_timeout_ms,
             seed,
         };
-        if let Some((slot, _)) = find(&slots, &request.name) {
-            match paxos::acquire_inner(port, space, &paxos_request(slot, false)).await {
-                Ok(leader) => return Ok((slot, leader)),
-                Err(LeaseError::SlotTaken { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let failed_read = slots
-            .iter()
-            .position(|(_, leader)| matches!(leader, Err(LeaseError::Disk(_))));
-        if let Some(index) = failed_read {
-            // A read failed: report the I/O error itself, not a blocked claim.
-            if let (_, Err(e)) = slots.swap_remove(index) {
-                return Err(e);
-            }
-        }
-        if let Some((slot, Err(e))) = slots.iter().find(|(_, leader)| leader.is_err()) {
-            return Err(LeaseError::ClaimBlocked {
-                resource: request.name.clone(),
-                slot: *slot,
-                reason: e.to_string(),
-            });
-        }
-        let free = slots.iter().find_map(|(slot, leader)| match leader {
-            Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
-            _ => None,
-        });
-        let Some(slot) = free else {
-            return Err(LeaseError::NoFreeSlot {
-                max_resources: space.geometry.max_resources(),
-            });
+        let found = find(&slots, &request.name);
+        let (slot, claim) = match found {
+            Some((slot, _)) => (slot, false),
+            None => match free_slot(&request.name, &mut slots)? {
+                Some(slot) => (slot, true),
+                None => {
+                    return Err(LeaseError::NoFreeSlot {
+                        max_resources: space.geometry.max_resources(),
+                    })
+                }
+            },
         };
-        let leader = match paxos::acquire_inner(port, space, &paxos_request(slot, true)).await {
+        let leader = match paxos::acquire_inner(port, space, &paxos_request(slot, claim)).await {
             Ok(leader) => leader,
             Err(LeaseError::SlotTaken { .. }) => continue,
             Err(e) => return Err(e),
         };
+        // Whether found or claimed, the name must be in this slot only: a
+        // concurrent claim, or a slot being given back, may have put it in a
+        // second one. Check after our leader write; give ours back if not.
         let mut again = scan_inner(port, space).await?;
         let duplicate = again.iter().any(|(other, leader)| {
             *other != slot && matches!(leader, Ok(l) if l.name == request.name)
@@ -185,6 +193,7 @@ async fn acquire_inner(
                 owner: request.owner,
                 lver: Some(leader.lver),
                 clear_name: true,
+                name: None,
             },
         )
         .await?;
@@ -215,27 +224,31 @@ pub fn release(
     let name = name.to_string();
     Operation::new(move |port| async move {
         check_resource_name(&name)?;
-        let slots = scan_inner(&port, &space).await?;
-        // Every slot carrying the name: a claim race may have left ours in a
-        // second one before we gave it back.
-        let carrying: Vec<u32> = slots
+        let mut slots = scan_inner(&port, &space).await?;
+        // An unusable leader might carry the name: no certainty without it.
+        if let Some(index) = slots.iter().position(|(_, leader)| leader.is_err()) {
+            if let (_, Err(e)) = slots.swap_remove(index) {
+                return Err(e);
+            }
+        }
+        // Every slot carrying the name (a claim race may have left ours in a
+        // second one), and every unnamed slot (a claim of ours whose leader
+        // write never happened may have had its proposal accepted there).
+        let candidates: Vec<u32> = slots
             .iter()
             .filter_map(|(slot, leader)| match leader {
-                Ok(leader) if leader.name == name => Some(*slot),
+                Ok(leader) if leader.name == name || leader.name.is_empty() => Some(*slot),
                 _ => None,
             })
             .collect();
-        if carrying.is_empty() {
-            find_certain(slots, &name)?;
-            return Ok(None);
-        }
         let mut released = None;
-        for slot in carrying {
+        for slot in candidates {
             let request = ReleaseRequest {
                 location: space.geometry.resource_lease(slot),
                 owner,
                 lver: None,
                 clear_name: false,
+                name: Some(name.clone()),
             };
             match paxos::release_inner(&port, &space, &request).await {
                 Ok(lver) => released = released.or(Some((slot, lver))),

@@ -18,9 +18,10 @@ fn name(max: usize) -> impl Strategy<Value = String> {
 }
 
 fn owner() -> impl Strategy<Value = Owner> {
-    (1u32..=2000, 1u64..u64::MAX).prop_map(|(h, g)| Owner {
+    (1u32..=2000, 1u64..u64::MAX, any::<u64>()).prop_map(|(h, g, nonce)| Owner {
         host_id: HostId::new(h).expect("nonzero"),
         generation: g,
+        nonce,
     })
 }
 
@@ -266,6 +267,7 @@ proptest! {
             owner: hosts[0].owner(),
             lver: None,
             clear_name: false,
+            name: None,
         })).expect("release");
         s.run(paxos::acquire(&s.space, acquire_request(&s, &hosts[1], 2))).expect("host 2");
         let new = slot_image(&s);

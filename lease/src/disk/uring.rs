@@ -172,7 +172,22 @@ impl UringDisk {
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => return Err(io_error(e)),
+                Err(e) => {
+                    // The request may be queued or in flight: the kernel may
+                    // still use the buffer and the write may still land.
+                    let write_range = match direction {
+                        Direction::Write(_) => Some(offset_bytes..offset_bytes + length as u64),
+                        Direction::Read(_) => None,
+                    };
+                    ring.orphans.insert(
+                        user_data,
+                        Orphan {
+                            buffer,
+                            write_range,
+                        },
+                    );
+                    return Err(io_error(e));
+                }
             }
         };
         let Some(result) = result else {

@@ -13,7 +13,8 @@ const FLAGS_OFFSET: usize = 92; // u32
 const INP_GENERATION_OFFSET: usize = 96; // u64
 const INP_NAME_OFFSET: usize = 104; // 48 bytes
 const TIMESTAMP_OFFSET: usize = 152; // u64
-const RESERVED_OFFSET: usize = 160;
+const INP_NONCE_OFFSET: usize = 160; // u64
+const RESERVED_OFFSET: usize = 168;
 
 /// The value a ballot proposes: the next owner and the resource name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,6 +61,7 @@ impl DblockRecord {
             check_name("proposed resource name", &inp.name, RESOURCE_NAME_BYTES)?;
             e.u32(INP_OWNER_OFFSET, inp.owner.host_id.get());
             e.u64(INP_GENERATION_OFFSET, inp.owner.generation);
+            e.u64(INP_NONCE_OFFSET, inp.owner.nonce);
             e.name(INP_NAME_OFFSET, RESOURCE_NAME_BYTES, &inp.name);
         }
         e.u32(FLAGS_OFFSET, u32::from(self.released));
@@ -84,6 +86,7 @@ impl DblockRecord {
         let inp = match HostId::new(d.u32(INP_OWNER_OFFSET)) {
             None => {
                 d.reserved("empty proposal", INP_GENERATION_OFFSET..TIMESTAMP_OFFSET)?;
+                d.reserved("empty proposal", INP_NONCE_OFFSET..RESERVED_OFFSET)?;
                 None
             }
             Some(host_id) if host_id.get() > max_hosts => {
@@ -96,6 +99,7 @@ impl DblockRecord {
                 owner: Owner {
                     host_id,
                     generation: d.u64(INP_GENERATION_OFFSET),
+                    nonce: d.u64(INP_NONCE_OFFSET),
                 },
                 name: d.name(
                     "proposed resource name",

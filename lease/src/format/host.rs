@@ -166,6 +166,7 @@ impl HostRecord {
         Owner {
             host_id: self.host_id,
             generation: self.generation,
+            nonce: self.nonce,
         }
     }
 

@@ -16,7 +16,8 @@ const TIMESTAMP_OFFSET: usize = 104; // u64
 const PAYLOAD_LENGTH_OFFSET: usize = 112; // u32
 const PAYLOAD_CHECKSUM_OFFSET: usize = 116; // u32
 const NAME_OFFSET: usize = 120; // 48 bytes
-const RESERVED_OFFSET: usize = 168;
+const OWNER_NONCE_OFFSET: usize = 168; // u64
+const RESERVED_OFFSET: usize = 176;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LeaderFlags {
@@ -77,6 +78,7 @@ impl LeaderRecord {
         if let Some(owner) = self.owner {
             e.u32(OWNER_OFFSET, owner.host_id.get());
             e.u64(OWNER_GENERATION_OFFSET, owner.generation);
+            e.u64(OWNER_NONCE_OFFSET, owner.nonce);
         }
         e.u32(FLAGS_OFFSET, u32::from(self.flags.released));
         e.u64(LVER_OFFSET, self.lver);
@@ -108,7 +110,17 @@ impl LeaderRecord {
             });
         }
         let owner = match HostId::new(d.u32(OWNER_OFFSET)) {
-            None => None,
+            None => {
+                d.reserved(
+                    "owner generation without an owner",
+                    OWNER_GENERATION_OFFSET..LVER_OFFSET,
+                )?;
+                d.reserved(
+                    "owner nonce without an owner",
+                    OWNER_NONCE_OFFSET..RESERVED_OFFSET,
+                )?;
+                None
+            }
             Some(host_id) if host_id.get() > max_hosts => {
                 return Err(FormatError::BadField {
                     field: "owner host id",
@@ -118,6 +130,7 @@ impl LeaderRecord {
             Some(host_id) => Some(Owner {
                 host_id,
                 generation: d.u64(OWNER_GENERATION_OFFSET),
+                nonce: d.u64(OWNER_NONCE_OFFSET),
             }),
         };
         let kind =

@@ -865,6 +865,7 @@ impl World {
             owner: lease.owner(),
             lver: Some(lver),
             clear_name: false,
+            name: None,
         };
         let op = paxos::release(&self.space, request);
         process.work.start(Running::Release {

@@ -109,13 +109,13 @@ fn every_planted_bug_is_caught() {
             planted_bug: Some(bug),
             ..Options::default()
         };
-        let caught = (0..1000u64).step_by(50).find_map(|first| {
+        let caught = (0..3000u64).step_by(50).find_map(|first| {
             batch(first, 50, &options)
                 .into_iter()
                 .find(|o| !o.violations.is_empty())
         });
         let outcome = caught
-            .unwrap_or_else(|| panic!("planted bug {} was never caught in 1000 seeds", bug.name()));
+            .unwrap_or_else(|| panic!("planted bug {} was never caught in 3000 seeds", bug.name()));
         eprintln!(
             "planted bug {} caught at seed {}: {}",
             bug.name(),
