@@ -94,6 +94,17 @@ pub(crate) async fn acquire_inner(
     space: &Lockspace,
     request: &AcquireRequest,
 ) -> Result<LeaderRecord, LeaseError> {
+    acquire_flagged(port, space, request)
+        .await
+        .map(|(leader, _)| leader)
+}
+
+/// Acquire, also saying whether we held the lease before this call.
+pub(crate) async fn acquire_flagged(
+    port: &Port,
+    space: &Lockspace,
+    request: &AcquireRequest,
+) -> Result<(LeaderRecord, bool), LeaseError> {
     assert!(space.geometry.contains_host(request.owner.host_id));
     assert!(
         request.owner.generation > 0,
@@ -129,13 +140,29 @@ pub(crate) async fn acquire_inner(
         if lver == next {
             if let Some(holder) = current_holder(port, space, request, &leader, &own).await? {
                 if holder == request.owner {
-                    // We hold it already. Write our dblock back unchanged:
-                    // the disk refuses that while an earlier write of ours to
-                    // it (a release that timed out) may still land, so we
-                    // only answer "held" once no release of ours is in flight.
-                    write_dblock(port, space, &request.location, request.owner.host_id, &own)
-                        .await?;
-                    return Ok(leader);
+                    // We hold it already. Write our dblock back: the disk
+                    // refuses that while an earlier write of ours to it (a
+                    // release that timed out) may still land, so we only
+                    // answer "held" once no release of ours is in flight. If
+                    // our dblock does not carry the chosen value (another
+                    // host completed the instance with our value while our
+                    // last ballot carried another), make it carry it, so a
+                    // later release finds it: the value is chosen, so any
+                    // dblock may show it.
+                    let carried = DblockRecord {
+                        released: false,
+                        timestamp_ms: port.now_ms(),
+                        ..carrying_chosen(space, &own, &leader, request.owner.host_id)
+                    };
+                    write_dblock(
+                        port,
+                        space,
+                        &request.location,
+                        request.owner.host_id,
+                        &carried,
+                    )
+                    .await?;
+                    return Ok((leader, true));
                 }
                 // Any other holder, an older generation of our own host id
                 // included: that generation's processes may still run until
@@ -145,14 +172,8 @@ pub(crate) async fn acquire_inner(
         }
         match ballot_round(port, space, request, &leader, lver, &own, &mut highest_seen).await? {
             Round::Chosen(value) if value.owner == request.owner && value.name == request.name => {
-                return Ok(chosen_leader(
-                    space,
-                    request,
-                    &leader,
-                    lver,
-                    value,
-                    port.now_ms(),
-                ));
+                let acquired = chosen_leader(space, request, &leader, lver, value, port.now_ms());
+                return Ok((acquired, false));
             }
             Round::Chosen(value) if value.owner == request.owner => {
                 // Our own earlier proposal for another name (from an acquire
@@ -402,6 +423,36 @@ async fn ballot_round(
     Ok(Round::Chosen(value))
 }
 
+/// Our dblock as it must look while we hold the lease the leader shows: the
+/// leader's lver and chosen value, with a ballot of ours.
+fn carrying_chosen(
+    space: &Lockspace,
+    own: &DblockRecord,
+    leader: &LeaderRecord,
+    me: HostId,
+) -> DblockRecord {
+    let chosen = leader.owner.map(|owner| Proposal {
+        owner,
+        name: leader.name.clone(),
+    });
+    if own.lver == leader.lver && own.inp == chosen {
+        return own.clone();
+    }
+    let mbal = if own.lver == leader.lver {
+        own.mbal
+    } else {
+        next_ballot(0, me, space.geometry.max_hosts()).unwrap_or(u64::from(me.get()))
+    };
+    DblockRecord {
+        lver: leader.lver,
+        mbal,
+        bal: mbal,
+        inp: chosen,
+        released: false,
+        timestamp_ms: own.timestamp_ms,
+    }
+}
+
 /// Remember the latest instance seen in the dblocks and its highest mbal.
 fn note_highest(highest_seen: &mut (u64, u64), dblocks: &[DblockRecord], lver: u64) {
     for seen in dblocks
@@ -565,6 +616,61 @@ pub(crate) async fn release_inner(
         };
         return Err(not_owner(format!("{found}{already}")));
     }
+    // Without a known lver, our proposal counts only once its instance is
+    // known to have chosen it: shown by the leader, or learnt by finishing
+    // the instance with a ballot of our own (which adopts whatever value it
+    // chose). Releasing a proposal that lost would close an instance
+    // another host won.
+    let own = match &leader {
+        Some(leader)
+            if request.lver.is_none()
+                && !(leader.lver == own.lver && leader.held_by() == Some(request.owner)) =>
+        {
+            let inp_name = own
+                .inp
+                .as_ref()
+                .map(|inp| inp.name.clone())
+                .unwrap_or_default();
+            let finishing = AcquireRequest {
+                location: *location,
+                owner: request.owner,
+                name: inp_name,
+                claim: false,
+                dead_hosts: Vec::new(),
+                io_timeout_ms: space.io_timeout_ms,
+                seed: 0,
+            };
+            let mut highest_seen = instance_seen(&own);
+            match ballot_round(
+                port,
+                space,
+                &finishing,
+                leader,
+                own.lver,
+                &own,
+                &mut highest_seen,
+            )
+            .await?
+            {
+                Round::Chosen(value) if value.owner == request.owner => {
+                    read_dblock(port, space, location, request.owner.host_id, &name).await?
+                }
+                Round::Chosen(value) => {
+                    return Err(not_owner(format!(
+                        "instance {} chose {}",
+                        own.lver, value.owner
+                    )));
+                }
+                Round::Conflict => {
+                    return Err(LeaseError::Contention {
+                        resource: space.lease_label(location, &name),
+                        attempts: 1,
+                    })
+                }
+            }
+        }
+        _ => own,
+    };
     let lver = own.lver;
     let released = DblockRecord {
         released: true,

@@ -168,11 +168,18 @@ async fn acquire_inner(
                 }
             },
         };
-        let leader = match paxos::acquire_inner(port, space, &paxos_request(slot, claim)).await {
-            Ok(leader) => leader,
-            Err(LeaseError::SlotTaken { .. }) => continue,
-            Err(e) => return Err(e),
-        };
+        let (leader, held_before) =
+            match paxos::acquire_flagged(port, space, &paxos_request(slot, claim)).await {
+                Ok(acquired) => acquired,
+                Err(LeaseError::SlotTaken { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+        if held_before {
+            // Ours since before this call (and checked for duplicates then):
+            // a claimer of another slot re-checks after its leader write and
+            // gives up; we must not give back a lease whose resource runs.
+            return Ok((slot, leader));
+        }
         // Whether found or claimed, the name must be in this slot only: a
         // concurrent claim, or a slot being given back, may have put it in a
         // second one. Check after our leader write; give ours back if not.

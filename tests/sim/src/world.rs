@@ -791,7 +791,10 @@ impl World {
                 .rng
                 .below(u64::from(self.scenario.resources));
             let name = format!("r{k}");
-            if !self.processes[p].holdings.contains_key(&name) {
+            // Now and then acquire a resource we hold again: the library
+            // must answer with the lease we hold, and never give it away.
+            let again = self.processes[p].rng.chance(0.1);
+            if again || !self.processes[p].holdings.contains_key(&name) {
                 self.start_acquire(p, name);
             }
         } else if roll < 70 {
@@ -1045,7 +1048,12 @@ impl World {
                 }
             }
             Done::Acquire(name, Err(e)) => {
-                if matches!(e, LeaseError::Disk(_)) {
+                // An acquire that failed with an I/O error may have won on
+                // disk: release it by name, unless we held it before (then
+                // its resource runs and the lease stays ours).
+                if matches!(e, LeaseError::Disk(_))
+                    && !self.processes[p].holdings.contains_key(&name)
+                {
                     self.processes[p].cleanup.insert(name.clone());
                 }
                 if self.liveness
