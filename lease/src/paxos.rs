@@ -127,7 +127,6 @@ pub(crate) async fn acquire_flagged(
         )
         .await?;
         highest_seen = highest_seen.max(instance_seen(&own));
-        check_name(request, &leader)?;
         let next = leader.lver.checked_add(1).ok_or_else(|| {
             LeaseError::Invalid(format!(
                 "{} on {}: the lease version counter is exhausted; re-create the slot",
@@ -136,7 +135,31 @@ pub(crate) async fn acquire_flagged(
             ))
         })?;
         // Dblocks of a later instance than the leader's next: the leader lags.
-        let lver = next.max(highest_seen.0);
+        let mut lver = next.max(highest_seen.0);
+        if lver == next {
+            // The leader is current: it must carry the name we expect. (A
+            // lagging leader's name is stale; the instance's value decides.)
+            if let Err(taken) = check_name(request, &leader) {
+                if request.claim {
+                    return Err(taken);
+                }
+                // Found by a name the dblocks carry past this leader? Then
+                // the leader lags: continue in the latest instance they show.
+                let seen = space.read_dblocks(port, &request.location).await?;
+                let carrying = seen
+                    .iter()
+                    .filter(|d| {
+                        d.lver >= next && d.inp.as_ref().is_some_and(|inp| inp.name == request.name)
+                    })
+                    .map(|d| d.lver)
+                    .max();
+                let Some(carried_lver) = carrying else {
+                    return Err(taken);
+                };
+                note_highest(&mut highest_seen, &seen, next);
+                lver = carried_lver.max(highest_seen.0);
+            }
+        }
         if lver == next {
             if let Some(holder) = current_holder(port, space, request, &leader, &own).await? {
                 if holder == request.owner {

@@ -60,6 +60,39 @@ async fn scan_inner(port: &Port, space: &Lockspace) -> Result<SlotScan, LeaseErr
     Ok(slots)
 }
 
+/// Every slot's leader as its dblocks say it is: where the dblocks show an
+/// accepted value in an instance past the leader's (the leader lags, or a
+/// late leader write took it back), that value's owner and name stand in for
+/// the leader's, and the slot counts as held. Reads every lease whole: used
+/// where a name must not be missed (claims, their duplicate check, release
+/// by name), not on every lookup.
+async fn scan_deep(port: &Port, space: &Lockspace) -> Result<SlotScan, LeaseError> {
+    let mut slots = scan_inner(port, space).await?;
+    for (slot, entry) in slots.iter_mut() {
+        let Ok(leader) = entry else { continue };
+        let location = space.geometry.resource_lease(*slot);
+        let dblocks = match space.read_dblocks(port, &location).await {
+            Ok(dblocks) => dblocks,
+            Err(e) => {
+                *entry = Err(e);
+                continue;
+            }
+        };
+        let ahead = dblocks
+            .iter()
+            .filter(|d| d.lver > leader.lver && d.bal > 0)
+            .max_by_key(|d| (d.lver, d.bal))
+            .and_then(|d| d.inp.clone().map(|inp| (d.lver, inp)));
+        if let Some((lver, inp)) = ahead {
+            leader.owner = Some(inp.owner);
+            leader.flags.released = false;
+            leader.lver = lver;
+            leader.name = inp.name;
+        }
+    }
+    Ok(slots)
+}
+
 /// Read every resource leader (one sector each).
 pub fn scan(space: &Lockspace) -> Operation<Result<SlotScan, LeaseError>> {
     let space = space.clone();
@@ -156,7 +189,12 @@ async fn acquire_inner(
             io_timeout_ms: request.io_timeout_ms,
             seed,
         };
-        let found = find(&slots, &request.name);
+        let mut found = find(&slots, &request.name);
+        if found.is_none() {
+            // Before claiming a new slot, look past lagging leaders.
+            slots = scan_deep(port, space).await?;
+            found = find(&slots, &request.name);
+        }
         let (slot, claim) = match found {
             Some((slot, _)) => (slot, false),
             None => match free_slot(&request.name, &mut slots)? {
@@ -183,7 +221,7 @@ async fn acquire_inner(
         // Whether found or claimed, the name must be in this slot only: a
         // concurrent claim, or a slot being given back, may have put it in a
         // second one. Check after our leader write; give ours back if not.
-        let mut again = scan_inner(port, space).await?;
+        let mut again = scan_deep(port, space).await?;
         let duplicate = again.iter().any(|(other, leader)| {
             *other != slot && matches!(leader, Ok(l) if l.name == request.name)
         });
@@ -231,7 +269,7 @@ pub fn release(
     let name = name.to_string();
     Operation::new(move |port| async move {
         check_resource_name(&name)?;
-        let mut slots = scan_inner(&port, &space).await?;
+        let mut slots = scan_deep(&port, &space).await?;
         // An unusable leader might carry the name: no certainty without it.
         if let Some(index) = slots.iter().position(|(_, leader)| leader.is_err()) {
             if let (_, Err(e)) = slots.swap_remove(index) {
