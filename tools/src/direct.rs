@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use lease::clock::SystemClock;
 use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
 use lease::disk::Disk;
-use lease::format::{Capacity, FenceMethod};
+use lease::format::{Capacity, FenceMethod, HostRecord};
 use lease::op::run;
 use lease::resource::{self, NamedAcquire};
 use lease::{HostId, LeaseError, Lockspace};
@@ -85,7 +85,8 @@ fn leave(args: &HostArgs) -> Result<()> {
     Ok(())
 }
 
-fn acquire(args: &ResourceArgs) -> Result<()> {
+/// Open the device and read the current incarnation of a joined host.
+fn joined(args: &ResourceArgs) -> Result<(Box<dyn Disk>, Lockspace, HostId, HostRecord)> {
     let (disk, space) = open_lockspace(&args.device)?;
     let host_id = space.check_host_id(args.host_id)?;
     let record = run(
@@ -93,6 +94,11 @@ fn acquire(args: &ResourceArgs) -> Result<()> {
         disk.as_ref(),
         &SystemClock,
     )?;
+    Ok((disk, space, host_id, record))
+}
+
+fn acquire(args: &ResourceArgs) -> Result<()> {
+    let (disk, space, host_id, record) = joined(args)?;
     let request = NamedAcquire {
         name: args.resource.clone(),
         owner: record.owner(),
@@ -114,13 +120,7 @@ fn acquire(args: &ResourceArgs) -> Result<()> {
 }
 
 fn release(args: &ResourceArgs) -> Result<()> {
-    let (disk, space) = open_lockspace(&args.device)?;
-    let host_id = space.check_host_id(args.host_id)?;
-    let record = run(
-        delta::joined_owner(&space, host_id),
-        disk.as_ref(),
-        &SystemClock,
-    )?;
+    let (disk, space, host_id, record) = joined(args)?;
     let owner = record.owner();
     let released = run(
         resource::release(&space, &args.resource, owner),

@@ -153,6 +153,11 @@ impl UringDisk {
         // kernel reports completion (and is leaked if the disk is dropped first).
         unsafe { ring.ring.submission().push(&entry) }
             .map_err(|_| io_error(std::io::Error::other("io_uring submission queue full")))?;
+        // What a timed-out write may still change, should it be parked.
+        let write_range = match direction {
+            Direction::Write(_) => Some(offset_bytes..offset_bytes + length as u64),
+            Direction::Read(_) => None,
+        };
         let deadline = Instant::now() + Duration::from_millis(self.io_deadline_ms);
         let result = loop {
             if let Some(result) = reap(&mut ring, Some(user_data)) {
@@ -175,10 +180,6 @@ impl UringDisk {
                 Err(e) => {
                     // The request may be queued or in flight: the kernel may
                     // still use the buffer and the write may still land.
-                    let write_range = match direction {
-                        Direction::Write(_) => Some(offset_bytes..offset_bytes + length as u64),
-                        Direction::Read(_) => None,
-                    };
                     ring.orphans.insert(
                         user_data,
                         Orphan {
@@ -191,10 +192,6 @@ impl UringDisk {
             }
         };
         let Some(result) = result else {
-            let write_range = match direction {
-                Direction::Write(_) => Some(offset_bytes..offset_bytes + length as u64),
-                Direction::Read(_) => None,
-            };
             ring.orphans.insert(
                 user_data,
                 Orphan {
