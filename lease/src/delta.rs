@@ -166,12 +166,8 @@ async fn join_inner(
         fence_method: request.fence_method,
         host_name: request.host_name.clone(),
     };
-    let encoded = record
-        .encode(&space.name, space.geometry.sector_size_bytes())
-        .map_err(|e| LeaseError::Invalid(e.to_string()))?;
     let written_ms = port.now_ms();
-    port.write(space.geometry.host_offset_bytes(host_id), encoded)
-        .await?;
+    space.write_host(port, &record).await?;
     if space.planted(PlantedBug::SkipJoinReread) {
         return Ok(DeltaLease {
             record,
@@ -336,11 +332,7 @@ async fn renew_inner(
     if request.raise_floor || floor_due {
         record.generation_floor = record.generation;
     }
-    let encoded = record
-        .encode(&space.name, space.geometry.sector_size_bytes())
-        .map_err(|e| LeaseError::Invalid(e.to_string()))?;
-    port.write(space.geometry.host_offset_bytes(host_id), encoded)
-        .await?;
+    space.write_host(port, &record).await?;
     Ok(Renewal {
         lease: DeltaLease {
             record,
@@ -370,11 +362,7 @@ pub fn leave(space: &Lockspace, lease: &DeltaLease) -> Operation<Result<HostReco
         // of it is over, not only this one.
         record.generation_floor = record.generation;
         record.timestamp_ms = port.now_ms().max(record.timestamp_ms + 1);
-        let encoded = record
-            .encode(&space.name, space.geometry.sector_size_bytes())
-            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
-        port.write(space.geometry.host_offset_bytes(record.host_id), encoded)
-            .await?;
+        space.write_host(&port, &record).await?;
         Ok(record)
     })
 }
@@ -487,11 +475,7 @@ pub fn mark_fenced(
         record.fenced_generation = record.generation;
         record.fencer_host_id = mark.fencer.get();
         record.fence_method = mark.method;
-        let encoded = record
-            .encode(&space.name, space.geometry.sector_size_bytes())
-            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
-        port.write(space.geometry.host_offset_bytes(mark.victim), encoded)
-            .await?;
+        space.write_host(&port, &record).await?;
         Ok(record)
     })
 }

@@ -175,6 +175,20 @@ impl Lockspace {
         self.decode_host(host_id, &bytes)
     }
 
+    /// Write a host record into its own sector.
+    pub(crate) async fn write_host(
+        &self,
+        port: &Port,
+        record: &HostRecord,
+    ) -> Result<(), LeaseError> {
+        let encoded = record
+            .encode(&self.name, self.geometry.sector_size_bytes())
+            .map_err(|e| LeaseError::Invalid(e.to_string()))?;
+        port.write(self.geometry.host_offset_bytes(record.host_id), encoded)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn read_leader(
         &self,
         port: &Port,
