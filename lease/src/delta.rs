@@ -348,6 +348,38 @@ async fn renew_inner(
     })
 }
 
+/// Take up our lease again after its renewal deadline passed, for a host
+/// without a watchdog only: nobody may take over the leases of such a host
+/// before a fencer has powered it off and marked its generation FENCED, so
+/// if the sector still holds our record (no mark, no other writer), this
+/// incarnation may go on renewing. A watchdog host must rejoin instead: the
+/// others may already treat it as dead. The renewal deadline restarts at
+/// the read.
+pub fn resume(space: &Lockspace, lease: &DeltaLease) -> Operation<Result<DeltaLease, LeaseError>> {
+    let space = space.clone();
+    let lease = lease.clone();
+    Operation::new(move |port| async move {
+        if lease.record.flags.watchdog {
+            return Err(LeaseError::Invalid(format!(
+                "host {} advertises a watchdog: after a missed renewal deadline it must rejoin, not resume",
+                lease.record.host_id
+            )));
+        }
+        let started_ms = port.now_ms();
+        let found = space.read_host(&port, lease.record.host_id).await?;
+        verify_own(&lease, &found)?;
+        Ok(DeltaLease {
+            record: if found.timestamp_ms > lease.record.timestamp_ms {
+                found
+            } else {
+                lease.record.clone()
+            },
+            last_renewal_ms: started_ms,
+            ..lease
+        })
+    })
+}
+
 /// Leave: mark our record RELEASED. The caller has released every resource
 /// lease of this generation first.
 pub fn leave(space: &Lockspace, lease: &DeltaLease) -> Operation<Result<HostRecord, LeaseError>> {

@@ -52,3 +52,20 @@ impl fmt::Display for Owner {
         write!(f, "host {} generation {}", self.host_id, self.generation)
     }
 }
+
+/// A random 64-bit value from the kernel, for join nonces and backoff
+/// seeds of real processes (the simulator draws its own from its seed).
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let from_urandom =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if from_urandom.is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}

@@ -15,7 +15,7 @@
 //! - [`lockspace`]: an opened device; sector decoding.
 //! - [`delta`], [`observer`]: host liveness.
 //! - [`paxos`], [`resource`]: resource leases, by slot and by name.
-//! - [`device`]: format and dump.
+//! - [`device`]: format and dump; [`open`]: opening a device.
 
 pub mod clock;
 pub mod delta;
@@ -27,6 +27,7 @@ pub mod ids;
 pub mod lockspace;
 pub mod observer;
 pub mod op;
+pub mod open;
 pub mod paxos;
 pub mod planted;
 pub mod resource;

@@ -239,3 +239,51 @@ fn renew_detects_fencing_and_theft_and_the_deadline() {
     }
     assert_eq!(read_host(&s, 1), before, "no write after the deadline");
 }
+
+#[test]
+fn resume_after_deadline_only_without_watchdog_and_only_if_unmarked() {
+    let timeouts = Timeouts::from_io_timeout_ms(IO_TIMEOUT_MS);
+    // A fence-mode host whose storage stalled past its deadline goes on.
+    let s = setup(4, 1);
+    let lease = s.join(1, "alpha");
+    s.clock.advance_ms(timeouts.renew_fail_ms * 3);
+    assert!(matches!(
+        s.run(delta::renew(&s.space, &lease, RenewRequest::default())),
+        Err(LeaseError::RenewalExpired { .. })
+    ));
+    let resumed = s.run(delta::resume(&s.space, &lease)).expect("resume");
+    assert_eq!(resumed.record.generation, lease.record.generation);
+    assert_eq!(resumed.last_renewal_ms, s.clock.now_ms());
+    s.run(delta::renew(&s.space, &resumed, RenewRequest::default()))
+        .expect("renew after resume");
+
+    // Not once a fencer marked the generation.
+    let mut fenced = read_host(&s, 1);
+    fenced.flags.fenced = true;
+    fenced.fenced_generation = fenced.generation;
+    fenced.fencer_host_id = 2;
+    {
+        use lease::disk::Disk;
+        s.disk
+            .write(
+                s.space.geometry.host_offset_bytes(host(1)),
+                &fenced.encode("test", 512).expect("encode"),
+            )
+            .expect("write");
+    }
+    assert!(matches!(
+        s.run(delta::resume(&s.space, &resumed)),
+        Err(LeaseError::Fenced { .. })
+    ));
+
+    // Never for a watchdog host: the others may already count it dead.
+    let s = setup(4, 1);
+    let mut request = join_request(1, "alpha");
+    request.watchdog = true;
+    let lease = s.run(delta::join(&s.space, request)).expect("join");
+    s.clock.advance_ms(timeouts.host_dead_ms);
+    assert!(matches!(
+        s.run(delta::resume(&s.space, &lease)),
+        Err(LeaseError::Invalid(_))
+    ));
+}

@@ -1,0 +1,22 @@
+//! leaseholdd, the per-host daemon, as a library: the binary in main.rs is
+//! a thin edge over [`daemon::run`].
+//!
+//! Modules, bottom up:
+//! - [`config`]: the TOML file and its validation.
+//! - [`protocol`], [`client`]: the control socket's JSON lines, both ends.
+//! - [`events`]: the append-only event log.
+//! - [`watchdog`]: /dev/watchdog or the test emulation's FIFO.
+//! - [`capacity`]: free memory and vCPUs advertised in the host record.
+//! - [`holders`]: registered lease-holding processes (pidfd).
+//! - [`monitor`]: per-host states with the storage-confirmed and
+//!   storage-incident rules.
+//! - [`space`]: one joined lockspace: renewal thread, resource worker.
+//! - [`statefile`]: what a restarted daemon takes over.
+//! - [`server`]: the control socket.
+//! - [`daemon`]: start, watchdog petting, self-fencing, shutdown.
+
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod protocol;
+pub mod watchdog;

@@ -1,0 +1,263 @@
+//! The control-socket protocol: one JSON object per line each way. A client
+//! sends a [`Request`]; the daemon answers every line with one [`Reply`],
+//! in order, and keeps the connection open. docs/operations.md lists every
+//! request with an example.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line accepted; a longer one is answered with an error
+/// and the rest of that line is discarded.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+
+/// What a client asks for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// This host, each lockspace and the resources held.
+    Status {},
+    /// Every host of a lockspace as seen from here.
+    Hosts {
+        #[serde(default)]
+        lockspace: Option<String>,
+    },
+    /// The newest events of the event log.
+    Events {
+        #[serde(default)]
+        count: Option<usize>,
+    },
+    /// Register process `pid` as a lease holder: its leases are released
+    /// when it exits, and it is killed if this host loses its lockspace.
+    Register { pid: i32 },
+    /// Forget a registered process, releasing its leases.
+    Unregister { pid: i32 },
+    /// Acquire resource lease `resource` for registered process `pid`.
+    Acquire {
+        #[serde(default)]
+        lockspace: Option<String>,
+        resource: String,
+        pid: i32,
+    },
+    /// Release a resource lease held for `pid`.
+    Release {
+        #[serde(default)]
+        lockspace: Option<String>,
+        resource: String,
+        pid: i32,
+    },
+    /// Who holds `resource`, read from the device now.
+    Inquire {
+        #[serde(default)]
+        lockspace: Option<String>,
+        resource: String,
+    },
+    /// Join another lockspace on another device with this host's id.
+    AddLockspace {
+        name: String,
+        device: String,
+        #[serde(default)]
+        io_timeout_ms: Option<u32>,
+    },
+    /// Leave a lockspace added with `add_lockspace`; refused while leases
+    /// are held in it.
+    RemoveLockspace { name: String },
+}
+
+/// Why a request failed, for programs: the message says it for people.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The line is not a valid request (bad JSON, unknown op, too long).
+    BadRequest,
+    /// The peer is neither root nor in the configured group.
+    PermissionDenied,
+    /// The pid, lockspace or resource is not known here.
+    NotFound,
+    /// The resource lease is held by another live host.
+    Busy,
+    /// This host does not hold its lockspace (not joined yet, or lost).
+    NotJoined,
+    /// The lease device failed or timed out; nothing was decided.
+    Storage,
+    /// A state that forbids the request (e.g. leases still held).
+    Conflict,
+    /// Anything else.
+    Internal,
+}
+
+/// One answer line: `{"ok":true,"result":...}` or
+/// `{"ok":false,"error":{"kind":...,"message":...}}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReplyError>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Reply {
+    pub fn success(result: impl Serialize) -> Reply {
+        match serde_json::to_value(result) {
+            Ok(value) => Reply {
+                ok: true,
+                result: Some(value),
+                error: None,
+            },
+            Err(e) => Reply::failure(ErrorKind::Internal, format!("cannot encode the reply: {e}")),
+        }
+    }
+
+    pub fn failure(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            result: None,
+            error: Some(ReplyError {
+                kind,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// `status`: this daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub host_id: u32,
+    pub host_name: String,
+    pub pid: u32,
+    pub watchdog: Option<String>,
+    pub lockspaces: Vec<LockspaceStatus>,
+    pub holders: Vec<HolderStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockspaceStatus {
+    pub name: String,
+    pub device: String,
+    pub io_timeout_ms: u32,
+    /// joining, joined, renewal-failing, self-fenced, left
+    pub state: String,
+    pub generation: u64,
+    /// Since our last successful renewal started (our clock).
+    pub last_renewal_age_ms: Option<u64>,
+    pub renewal_failures: u64,
+    pub storage_incident: bool,
+    pub hosts: Vec<HostStatus>,
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// One host as this daemon sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStatus {
+    pub host_id: u32,
+    pub name: String,
+    /// unused / unknown / live / silent / dead / fenced / left / unreadable
+    pub state: String,
+    /// How long (our clock) its record has stood still.
+    pub unchanged_for_ms: u64,
+    pub generation: u64,
+    pub io_timeout_ms: u32,
+    pub watchdog: bool,
+    pub memory_mib_free: u32,
+    pub vcpus_free: u32,
+    /// Set when this host stood still together with many others: a
+    /// storage or network incident, not declared silent.
+    pub incident: bool,
+    /// Why the sector could not be used, when unreadable.
+    pub error: Option<String>,
+    pub this_host: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResourceStatus {
+    pub name: String,
+    pub slot: u32,
+    pub lver: u64,
+    pub pid: i32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HolderStatus {
+    pub pid: i32,
+    pub leases: Vec<String>,
+}
+
+/// `acquire`: the lease won.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AcquireReply {
+    pub lockspace: String,
+    pub resource: String,
+    pub slot: u32,
+    pub lver: u64,
+    pub generation: u64,
+}
+
+/// `release`: the lease version released.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseReply {
+    pub lockspace: String,
+    pub resource: String,
+    pub lver: u64,
+}
+
+/// `inquire`: the lease as read from the device.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InquireReply {
+    pub lockspace: String,
+    pub resource: String,
+    pub slot: Option<u32>,
+    pub lver: u64,
+    pub holder_host_id: Option<u32>,
+    pub holder_host_name: Option<String>,
+    pub holder_generation: Option<u64>,
+    /// The holder is this host, for `pid` if registered here.
+    pub held_here_by_pid: Option<i32>,
+}
+
+/// One event of the event log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// Wall-clock time, for people reading the log (never for decisions).
+    pub time: String,
+    pub host_id: u32,
+    pub lockspace: String,
+    /// joined, left, host-live, host-silent, host-dead, storage-incident,
+    /// renewal-failed, renewal-recovered, self-fence, holder-killed, ...
+    pub kind: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json_lines() {
+        let request = Request::Acquire {
+            lockspace: None,
+            resource: "vm1".to_string(),
+            pid: 42,
+        };
+        let line = serde_json::to_string(&request).expect("encode");
+        assert_eq!(
+            line,
+            r#"{"op":"acquire","lockspace":null,"resource":"vm1","pid":42}"#
+        );
+        let parsed: Request =
+            serde_json::from_str(r#"{"op":"acquire","resource":"vm1","pid":42}"#).expect("decode");
+        assert_eq!(parsed, request);
+    }
+
+    #[test]
+    fn unknown_fields_and_ops_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"status","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"register","pid":"1"}"#).is_err());
+    }
+}
