@@ -15,8 +15,16 @@
 //! - [`server`]: the control socket.
 //! - [`daemon`]: start, watchdog petting, self-fencing, shutdown.
 
+pub mod capacity;
 pub mod client;
 pub mod config;
+pub mod context;
+pub mod daemon;
 pub mod events;
+pub mod holders;
+pub mod monitor;
 pub mod protocol;
+pub mod server;
+pub mod space;
+pub mod statefile;
 pub mod watchdog;

@@ -1,0 +1,117 @@
+//! What every part of the daemon shares: the configuration, the event
+//! log, the registered holders and the joined lockspaces.
+
+use crate::config::Config;
+use crate::events::{EventLog, Level};
+use crate::holders::Holders;
+use crate::protocol::ErrorKind;
+use crate::space::{JobError, Space};
+use crate::statefile::{self, PersistedHolder, PersistedResource, PersistedSpace, StateFile};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub struct Context {
+    pub config: Config,
+    pub events: EventLog,
+    pub holders: Holders,
+    pub spaces: Mutex<BTreeMap<String, Arc<Space>>>,
+    /// Lockspaces added at run time (persisted so a restart rejoins them).
+    pub added: Mutex<BTreeSet<String>>,
+    pub state_path: PathBuf,
+    persist_lock: Mutex<()>,
+}
+
+impl Context {
+    pub fn new(config: Config, events: EventLog) -> Context {
+        let state_path = config.run_dir.join("state.json");
+        Context {
+            config,
+            events,
+            holders: Holders::default(),
+            spaces: Mutex::new(BTreeMap::new()),
+            added: Mutex::new(BTreeSet::new()),
+            state_path,
+            persist_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn spaces(&self) -> Vec<Arc<Space>> {
+        match self.spaces.lock() {
+            Ok(guard) => guard.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        }
+    }
+
+    /// The named lockspace, or the configured one when `name` is None.
+    pub fn space(&self, name: Option<&str>) -> Result<Arc<Space>, JobError> {
+        let name = name.unwrap_or(&self.config.lockspace);
+        let spaces = match self.spaces.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        spaces.get(name).cloned().ok_or_else(|| JobError {
+            kind: ErrorKind::NotFound,
+            message: format!("no lockspace named {name:?} on this host"),
+        })
+    }
+
+    /// Write the state file from the current state.
+    pub fn persist(&self) {
+        let _guard = match self.persist_lock.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let added = match self.added.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let lockspaces = self
+            .spaces()
+            .iter()
+            .filter_map(|space| {
+                let (generation, nonce, resources) = space.persisted()?;
+                Some(PersistedSpace {
+                    name: space.config.name.clone(),
+                    device: space.config.device.clone(),
+                    io_timeout_ms: space.config.io_timeout_ms,
+                    added: added.contains(&space.config.name),
+                    generation,
+                    nonce,
+                    resources: resources
+                        .into_iter()
+                        .map(|(name, held)| PersistedResource {
+                            name,
+                            slot: held.slot,
+                            lver: held.lver,
+                            pid: held.pid,
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let holders = self
+            .holders
+            .snapshot()
+            .into_iter()
+            .map(|(pid, start_time, _)| PersistedHolder { pid, start_time })
+            .collect();
+        let state = StateFile {
+            boot_id: statefile::boot_id(),
+            host_id: self.config.host_id,
+            lockspaces,
+            holders,
+        };
+        if let Err(e) = statefile::write(&self.state_path, &state) {
+            self.events.emit(
+                Level::Error,
+                &self.config.lockspace,
+                "state-file-failed",
+                format!(
+                    "cannot write {}: {e}; a restart of the daemon would not find its holders",
+                    self.state_path.display()
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! The control socket: a Unix socket answering JSON lines (protocol.rs).
+//! Peers are checked with SO_PEERCRED: root, the daemon's own user, or a
+//! member of the configured group; everyone else is refused and logged.
+//! Nothing here touches the device: status comes from published state, and
+//! lease operations go to the lockspace's worker thread with a time limit,
+//! so a hung device cannot block the socket.
+
+use crate::context::Context;
+use crate::events::Level;
+use crate::holders::Pidfd;
+use crate::protocol::{ErrorKind, HolderStatus, Reply, Request, StatusReply, REQUEST_BYTES_MAX};
+use crate::space::{Job, JobError, Space};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Create the socket: its directory, mode 0660, owned by the configured
+/// group so its members can connect. A stale socket file is replaced.
+pub fn bind(context: &Context) -> anyhow::Result<UnixListener> {
+    use anyhow::Context as _;
+    let path = &context.config.socket;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the socket directory {}", parent.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()))
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    if let Some((name, gid)) = &context.config.socket_group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(*gid)))
+            .with_context(|| format!("cannot give {} to group {name}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Accept connections until `shutdown` fires.
+pub async fn serve(
+    context: Arc<Context>,
+    listener: UnixListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let context = Arc::clone(&context);
+                    tokio::spawn(async move { connection(context, stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept on the control socket failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Supplementary groups of a process, from /proc/PID/status.
+fn groups_of(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find(|l| l.starts_with("Groups:")).map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn authorized(context: &Context, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
+    match &context.config.socket_group {
+        Some((_, group)) => gid == *group || pid.is_some_and(|pid| groups_of(pid).contains(group)),
+        None => false,
+    }
+}
+
+async fn connection(context: Arc<Context>, stream: UnixStream) {
+    let (uid, gid, pid) = match stream.peer_cred() {
+        Ok(cred) => (cred.uid(), cred.gid(), cred.pid()),
+        Err(e) => {
+            tracing::warn!("cannot read the peer credentials of a control connection: {e}");
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    if !authorized(&context, uid, gid, pid) {
+        context.events.emit(
+            Level::Warn,
+            &context.config.lockspace,
+            "client-refused",
+            format!(
+                "refused a control connection from uid {uid} gid {gid} pid {}: only root or group {} may use the socket",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".to_string()),
+                context
+                    .config
+                    .socket_group
+                    .as_ref()
+                    .map(|(name, _)| name.as_str())
+                    .unwrap_or("(none configured)")
+            ),
+        );
+        let reply = Reply::failure(
+            ErrorKind::PermissionDenied,
+            format!("uid {uid} may not use leaseholdd's socket: only root or the configured group"),
+        );
+        let _ = send(&mut write, &reply).await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = u64::try_from(REQUEST_BYTES_MAX).unwrap_or(u64::MAX) + 1;
+        let read = match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(read) => read,
+            Err(_) => return,
+        };
+        if read == 0 {
+            return;
+        }
+        let reply = if line.last() != Some(&b'\n') && line.len() > REQUEST_BYTES_MAX {
+            // Oversized: answer, then skip the rest of the line.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                match (&mut reader).take(limit).read_until(b'\n', &mut rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if rest.last() == Some(&b'\n') => break,
+                    Ok(_) => {}
+                }
+            }
+            Reply::failure(
+                ErrorKind::BadRequest,
+                format!("request longer than {REQUEST_BYTES_MAX} bytes"),
+            )
+        } else {
+            match std::str::from_utf8(&line) {
+                Err(_) => Reply::failure(ErrorKind::BadRequest, "request is not UTF-8"),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => match serde_json::from_str::<Request>(text.trim()) {
+                    Err(e) => Reply::failure(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "not a valid request: {e} (see docs/operations.md, control socket)"
+                        ),
+                    ),
+                    Ok(request) => handle(&context, request).await,
+                },
+            }
+        };
+        if send(&mut write, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    write.write_all(&text).await
+}
+
+fn error_reply(error: JobError) -> Reply {
+    Reply::failure(error.kind, error.message)
+}
+
+/// How long a client waits for a lease operation before it is told the
+/// device does not answer (the worker gives back a lease won too late).
+fn job_timeout(space: &Space) -> Duration {
+    Duration::from_millis(
+        u64::from(space.config.io_timeout_ms)
+            .saturating_mul(20)
+            .max(10_000),
+    )
+}
+
+async fn run_job<T>(
+    space: &Space,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, JobError>>) -> Job,
+) -> Result<T, JobError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    space.submit(make(sender))?;
+    match tokio::time::timeout(job_timeout(space), receiver).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(JobError {
+            kind: ErrorKind::Internal,
+            message: "the lockspace worker stopped".to_string(),
+        }),
+        Err(_) => Err(JobError {
+            kind: ErrorKind::Storage,
+            message: format!(
+                "the lease device {} did not answer within {} ms; the outcome is unknown, a lease won late is given back",
+                space.config.device,
+                job_timeout(space).as_millis()
+            ),
+        }),
+    }
+}
+
+async fn handle(context: &Arc<Context>, request: Request) -> Reply {
+    match request {
+        Request::Status {} => Reply::success(status(context)),
+        Request::Hosts { lockspace } => match context.space(lockspace.as_deref()) {
+            Ok(space) => Reply::success(space.status().hosts),
+            Err(e) => error_reply(e),
+        },
+        Request::Events { count } => {
+            let count = count.unwrap_or(50).min(10_000);
+            match context.events.tail(count) {
+                Ok(events) => Reply::success(events),
+                Err(e) => Reply::failure(
+                    ErrorKind::Internal,
+                    format!(
+                        "cannot read the event log {}: {e}",
+                        context.events.path().display()
+                    ),
+                ),
+            }
+        }
+        Request::Register { pid } => register(context, pid),
+        Request::Unregister { pid } => match context.holders.remove(pid) {
+            Some(leases) => {
+                release_all_of(context, pid, &leases);
+                context.persist();
+                Reply::success(serde_json::json!({ "pid": pid, "leases_released": leases.len() }))
+            }
+            None => Reply::failure(ErrorKind::NotFound, format!("pid {pid} is not registered")),
+        },
+        Request::Acquire {
+            lockspace,
+            resource,
+            pid,
+        } => {
+            let space = match context.space(lockspace.as_deref()) {
+                Ok(space) => space,
+                Err(e) => return error_reply(e),
+            };
+            match run_job(&space, |reply| Job::Acquire {
+                resource,
+                pid,
+                reply,
+            })
+            .await
+            {
+                Ok(acquired) => Reply::success(acquired),
+                Err(e) => error_reply(e),
+            }
+        }
+        Request::Release {
+            lockspace,
+            resource,
+            pid,
+        } => {
+            let space = match context.space(lockspace.as_deref()) {
+                Ok(space) => space,
+                Err(e) => return error_reply(e),
+            };
+            match run_job(&space, |reply| Job::Release {
+                resource,
+                pid,
+                reply,
+            })
+            .await
+            {
+                Ok(released) => Reply::success(released),
+                Err(e) => error_reply(e),
+            }
+        }
+        Request::Inquire {
+            lockspace,
+            resource,
+        } => {
+            let space = match context.space(lockspace.as_deref()) {
+                Ok(space) => space,
+                Err(e) => return error_reply(e),
+            };
+            match run_job(&space, |reply| Job::Inquire { resource, reply }).await {
+                Ok(found) => Reply::success(found),
+                Err(e) => error_reply(e),
+            }
+        }
+        Request::AddLockspace {
+            name,
+            device,
+            io_timeout_ms,
+        } => add_lockspace(context, name, device, io_timeout_ms).await,
+        Request::RemoveLockspace { name } => remove_lockspace(context, name).await,
+    }
+}
+
+pub fn status(context: &Context) -> StatusReply {
+    StatusReply {
+        host_id: context.config.host_id,
+        host_name: context.config.host_name.clone(),
+        pid: std::process::id(),
+        watchdog: context
+            .config
+            .watchdog_device
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        lockspaces: context.spaces().iter().map(|s| s.status()).collect(),
+        holders: context
+            .holders
+            .snapshot()
+            .into_iter()
+            .map(|(pid, _, leases)| HolderStatus {
+                pid,
+                leases: leases
+                    .into_iter()
+                    .map(|(s, r)| format!("{s}/{r}"))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn register(context: &Arc<Context>, pid: i32) -> Reply {
+    match context.holders.register(pid) {
+        Ok(Some(pidfd)) => {
+            watch_exit(Arc::clone(context), pidfd);
+            context.persist();
+            context.events.emit(
+                Level::Info,
+                &context.config.lockspace,
+                "holder-registered",
+                format!("registered pid {pid} as a lease holder"),
+            );
+            Reply::success(serde_json::json!({ "pid": pid, "new": true }))
+        }
+        Ok(None) => Reply::success(serde_json::json!({ "pid": pid, "new": false })),
+        Err(e) => Reply::failure(ErrorKind::NotFound, e.to_string()),
+    }
+}
+
+/// Watch a holder's pidfd; when the process exits, release its leases.
+pub fn watch_exit(context: Arc<Context>, pidfd: Pidfd) {
+    tokio::spawn(async move {
+        let pid = pidfd.pid;
+        // SAFETY: the pidfd is owned by the AsyncFd, which is dropped (and
+        // deregistered) before the fd is closed; nothing else closes it.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        };
+        match registered {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch pid {pid} for exit ({e}); polling instead");
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if !context.holders.is_registered(pid) {
+                        return;
+                    }
+                    if Pidfd::open(pid).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        holder_exited(&context, pid);
+    });
+}
+
+fn holder_exited(context: &Context, pid: i32) {
+    let Some(leases) = context.holders.remove(pid) else {
+        return;
+    };
+    context.events.emit(
+        Level::Info,
+        &context.config.lockspace,
+        "holder-exited",
+        format!(
+            "lease holder pid {pid} exited; releasing its {} lease(s)",
+            leases.len()
+        ),
+    );
+    release_all_of(context, pid, &leases);
+    context.persist();
+}
+
+fn release_all_of(
+    context: &Context,
+    pid: i32,
+    leases: &std::collections::BTreeSet<(String, String)>,
+) {
+    let spaces: std::collections::BTreeSet<&String> = leases.iter().map(|(s, _)| s).collect();
+    for name in spaces {
+        if let Ok(space) = context.space(Some(name)) {
+            let _ = space.submit(Job::ReleaseAllOf { pid });
+        }
+    }
+}
+
+async fn add_lockspace(
+    context: &Arc<Context>,
+    name: String,
+    device: String,
+    io_timeout_ms: Option<u32>,
+) -> Reply {
+    if context.space(Some(&name)).is_ok() {
+        return Reply::failure(
+            ErrorKind::Conflict,
+            format!("lockspace {name:?} is already joined"),
+        );
+    }
+    if !Path::new(&device).is_absolute() {
+        return Reply::failure(
+            ErrorKind::BadRequest,
+            format!("device {device:?} is not an absolute path"),
+        );
+    }
+    let io_timeout_ms = io_timeout_ms.unwrap_or(context.config.io_timeout_ms);
+    if let Err(e) = lease::timeouts::Timeouts::validate_io_timeout_ms(io_timeout_ms) {
+        return Reply::failure(ErrorKind::BadRequest, e);
+    }
+    let config = match crate::daemon::space_config(&context.config, &name, &device, io_timeout_ms) {
+        Ok(config) => config,
+        Err(e) => return Reply::failure(ErrorKind::BadRequest, e.to_string()),
+    };
+    let space = match Space::start(Arc::clone(context), config, None) {
+        Ok(space) => space,
+        Err(e) => return Reply::failure(ErrorKind::Internal, format!("cannot start threads: {e}")),
+    };
+    if let Ok(mut spaces) = context.spaces.lock() {
+        spaces.insert(name.clone(), Arc::clone(&space));
+    }
+    if let Ok(mut added) = context.added.lock() {
+        added.insert(name.clone());
+    }
+    let timeout = Duration::from_millis(u64::from(io_timeout_ms).saturating_mul(30).max(30_000));
+    let waiter = Arc::clone(&space);
+    let phase = tokio::task::spawn_blocking(move || waiter.wait_joined(timeout)).await;
+    match phase {
+        Ok(crate::space::Phase::Joined) => {
+            context.persist();
+            Reply::success(space.status())
+        }
+        other => {
+            space.request_stop();
+            if let Ok(mut spaces) = context.spaces.lock() {
+                spaces.remove(&name);
+            }
+            if let Ok(mut added) = context.added.lock() {
+                added.remove(&name);
+            }
+            let reason = match other {
+                Ok(crate::space::Phase::Failed(reason)) => reason,
+                Ok(phase) => format!("still {} after {} ms", phase.label(), timeout.as_millis()),
+                Err(e) => e.to_string(),
+            };
+            Reply::failure(
+                ErrorKind::Storage,
+                format!("cannot join lockspace {name:?} on {device}: {reason}"),
+            )
+        }
+    }
+}
+
+async fn remove_lockspace(context: &Arc<Context>, name: String) -> Reply {
+    if name == context.config.lockspace {
+        return Reply::failure(
+            ErrorKind::Conflict,
+            format!("{name:?} is the configured lockspace; stop the daemon to leave it"),
+        );
+    }
+    let space = match context.space(Some(&name)) {
+        Ok(space) => space,
+        Err(e) => return error_reply(e),
+    };
+    let held = space.status().resources.len();
+    if held > 0 {
+        return Reply::failure(
+            ErrorKind::Conflict,
+            format!("{held} lease(s) are held in {name:?}; release them first"),
+        );
+    }
+    let leaving = Arc::clone(&space);
+    let left = tokio::task::spawn_blocking(move || {
+        leaving.stop_and_join();
+        leaving.leave()
+    })
+    .await;
+    if let Ok(mut spaces) = context.spaces.lock() {
+        spaces.remove(&name);
+    }
+    if let Ok(mut added) = context.added.lock() {
+        added.remove(&name);
+    }
+    context.persist();
+    match left {
+        Ok(Ok(())) => Reply::success(serde_json::json!({ "left": name })),
+        Ok(Err(e)) => Reply::failure(
+            ErrorKind::Storage,
+            format!("left {name:?} without a clean release: {e}"),
+        ),
+        Err(e) => Reply::failure(ErrorKind::Internal, e.to_string()),
+    }
+}

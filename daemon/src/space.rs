@@ -1,0 +1,1261 @@
+//! One lockspace this daemon has joined: its renewal thread (join or take
+//! over, renew + scan every interval, self-fence on loss, rejoin), its
+//! resource worker thread (acquire, release, inquire), and the state both
+//! publish for the control socket. Each thread opens the device itself, so
+//! a resource operation stuck on the device never delays a renewal, and
+//! neither ever holds the state lock across an I/O.
+
+use crate::capacity;
+use crate::context::Context;
+use crate::events::Level;
+use crate::monitor::Monitor;
+use crate::protocol::{
+    AcquireReply, ErrorKind, InquireReply, LockspaceStatus, ReleaseReply, ResourceStatus,
+};
+use lease::clock::{Clock, SystemClock};
+use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
+use lease::format::{Capacity, FenceMethod};
+use lease::op::run;
+use lease::open::{BoxedDisk, Engine};
+use lease::paxos::{self, ReleaseRequest};
+use lease::resource::{self, NamedAcquire};
+use lease::{HostId, LeaseError, Lockspace, Owner};
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// What this daemon was told to join.
+#[derive(Clone, Debug)]
+pub struct SpaceConfig {
+    pub name: String,
+    pub device: String,
+    pub io_timeout_ms: u32,
+    pub engine: Engine,
+    pub sector_size_bytes: Option<u32>,
+    pub host_id: HostId,
+    pub host_name: String,
+    pub watchdog: bool,
+    pub fence_method: FenceMethod,
+    pub incident_share: f64,
+    pub memory_mib: Option<u32>,
+    pub vcpus: Option<u32>,
+}
+
+/// A previous daemon's delta lease, from the state file.
+#[derive(Clone, Debug)]
+pub struct Takeover {
+    pub generation: u64,
+    pub nonce: u64,
+    /// Leases held for processes that still run: resource -> (slot, lver, pid).
+    pub resources: BTreeMap<String, Held>,
+    /// Leases of holders that exited meanwhile: released after the takeover.
+    pub release: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Joining,
+    Joined,
+    /// The lease was lost: holders are being killed; a rejoin follows.
+    SelfFenced(String),
+    /// The join failed for a reason retrying cannot fix.
+    Failed(String),
+    Left,
+}
+
+impl Phase {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::Joining => "joining",
+            Phase::Joined => "joined",
+            Phase::SelfFenced(_) => "self-fenced",
+            Phase::Failed(_) => "failed",
+            Phase::Left => "left",
+        }
+    }
+}
+
+/// A resource lease held here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub slot: u32,
+    pub lver: u64,
+    pub pid: i32,
+}
+
+pub struct SpaceState {
+    pub phase: Phase,
+    pub lockspace: Option<Lockspace>,
+    pub lease: Option<DeltaLease>,
+    pub monitor: Option<Monitor>,
+    pub renewal_failures: u64,
+    pub consecutive_failures: u32,
+    pub resources: BTreeMap<String, Held>,
+    /// Leases to release once the device answers: (resource, owner).
+    pub pending_release: Vec<(String, Owner)>,
+}
+
+/// A request for the resource worker; each carries its reply channel.
+pub enum Job {
+    Acquire {
+        resource: String,
+        pid: i32,
+        reply: tokio::sync::oneshot::Sender<Result<AcquireReply, JobError>>,
+    },
+    Release {
+        resource: String,
+        pid: i32,
+        reply: tokio::sync::oneshot::Sender<Result<ReleaseReply, JobError>>,
+    },
+    Inquire {
+        resource: String,
+        reply: tokio::sync::oneshot::Sender<Result<InquireReply, JobError>>,
+    },
+    /// A holder exited or unregistered: release its leases here.
+    ReleaseAllOf { pid: i32 },
+}
+
+/// A failed job, with the kind the client sees.
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl JobError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> JobError {
+        JobError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn from_lease(error: &LeaseError) -> JobError {
+        let kind = match error {
+            LeaseError::HeldByOther { .. } | LeaseError::Contention { .. } => ErrorKind::Busy,
+            LeaseError::Disk(_) => ErrorKind::Storage,
+            LeaseError::NotOwner { .. } => ErrorKind::NotFound,
+            LeaseError::NoFreeSlot { .. } | LeaseError::ClaimBlocked { .. } => ErrorKind::Conflict,
+            LeaseError::Invalid(_) => ErrorKind::BadRequest,
+            _ => ErrorKind::Internal,
+        };
+        JobError::new(kind, error.to_string())
+    }
+}
+
+pub struct Space {
+    pub config: SpaceConfig,
+    context: Arc<Context>,
+    state: Mutex<SpaceState>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    stop: (Mutex<bool>, Condvar),
+    /// Signalled whenever the phase changes.
+    phase_changed: Condvar,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn clock() -> SystemClock {
+    SystemClock
+}
+
+impl Space {
+    /// Start the threads of a lockspace. The join runs on the renewal
+    /// thread; `wait_joined` waits for its outcome.
+    pub fn start(
+        context: Arc<Context>,
+        config: SpaceConfig,
+        takeover: Option<Takeover>,
+    ) -> std::io::Result<Arc<Space>> {
+        let (sender, receiver) = mpsc::channel();
+        let space = Arc::new(Space {
+            config,
+            context,
+            state: Mutex::new(SpaceState {
+                phase: Phase::Joining,
+                lockspace: None,
+                lease: None,
+                monitor: None,
+                renewal_failures: 0,
+                consecutive_failures: 0,
+                resources: BTreeMap::new(),
+                pending_release: Vec::new(),
+            }),
+            jobs: Mutex::new(Some(sender)),
+            stop: (Mutex::new(false), Condvar::new()),
+            phase_changed: Condvar::new(),
+            threads: Mutex::new(Vec::new()),
+        });
+        let renewal = Arc::clone(&space);
+        let renewal = std::thread::Builder::new()
+            .name(format!("renew-{}", space.config.name))
+            .spawn(move || renewal.renewal_thread(takeover))?;
+        let worker = Arc::clone(&space);
+        let worker = std::thread::Builder::new()
+            .name(format!("worker-{}", space.config.name))
+            .spawn(move || worker.worker_thread(receiver))?;
+        if let Ok(mut threads) = space.threads.lock() {
+            threads.push(renewal);
+            threads.push(worker);
+        }
+        Ok(space)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SpaceState> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn emit(&self, level: Level, kind: &str, message: impl Into<String>) {
+        self.context
+            .events
+            .emit(level, &self.config.name, kind, message);
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let mut state = self.lock();
+        state.phase = phase;
+        drop(state);
+        self.phase_changed.notify_all();
+    }
+
+    /// Wait until the join finished (joined or failed), up to `timeout`.
+    pub fn wait_joined(&self, timeout: Duration) -> Phase {
+        let mut state = self.lock();
+        let deadline = std::time::Instant::now() + timeout;
+        while state.phase == Phase::Joining {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = match self.phase_changed.wait_timeout(state, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        state.phase.clone()
+    }
+
+    fn stopping(&self) -> bool {
+        match self.stop.0.lock() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Sleep until `deadline_ms` on our clock or until stopped; true if stopped.
+    fn sleep_until(&self, deadline_ms: u64) -> bool {
+        let mut stopped = match self.stop.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        loop {
+            if *stopped {
+                return true;
+            }
+            let now_ms = clock().now_ms();
+            if now_ms >= deadline_ms {
+                return false;
+            }
+            let wait = Duration::from_millis(deadline_ms - now_ms);
+            stopped = match self.stop.1.wait_timeout(stopped, wait) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Ask both threads to finish (the renewal thread stops renewing; the
+    /// caller then leaves or hands over).
+    pub fn request_stop(&self) {
+        match self.stop.0.lock() {
+            Ok(mut guard) => *guard = true,
+            Err(poisoned) => *poisoned.into_inner() = true,
+        }
+        self.stop.1.notify_all();
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+    }
+
+    /// Stop both threads and wait for them to finish.
+    pub fn stop_and_join(&self) {
+        self.request_stop();
+        let threads = match self.threads.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    /// Queue a job for the resource worker.
+    pub fn submit(&self, job: Job) -> Result<(), JobError> {
+        let jobs = match self.jobs.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match jobs.as_ref() {
+            Some(sender) => sender
+                .send(job)
+                .map_err(|_| JobError::new(ErrorKind::NotJoined, "the lockspace is shutting down")),
+            None => Err(JobError::new(
+                ErrorKind::NotJoined,
+                format!("lockspace {} is shutting down", self.config.name),
+            )),
+        }
+    }
+
+    fn open(&self) -> Result<(BoxedDisk, Lockspace), LeaseError> {
+        lease::open::open_lockspace(
+            &self.config.device,
+            self.config.engine,
+            self.config.sector_size_bytes,
+            Some(&self.config.name),
+        )
+    }
+
+    fn used_capacity(&self) -> (u32, u32) {
+        (0, 0)
+    }
+
+    fn capacity(&self) -> Capacity {
+        capacity::current(
+            self.config.memory_mib,
+            self.config.vcpus,
+            self.used_capacity(),
+        )
+    }
+
+    /// May the watchdog be petted for this lockspace now? Only while our
+    /// delta lease holds, or while no process holding a lease here runs.
+    pub fn watchdog_ok(&self, now_ms: u64) -> bool {
+        let state = self.lock();
+        let holds = match (&state.phase, &state.lockspace, &state.lease) {
+            (Phase::Joined, Some(space), Some(lease)) => delta::holds(space, lease, now_ms),
+            _ => false,
+        };
+        drop(state);
+        holds || self.context.holders.all_exited(&self.config.name)
+    }
+
+    /// Called often by the guard thread: a watchdog host whose renewal
+    /// deadline passed kills its holders at once, not at the next renewal
+    /// attempt.
+    pub fn check_deadline(&self, now_ms: u64) {
+        let expired = {
+            let state = self.lock();
+            match (&state.phase, &state.lockspace, &state.lease) {
+                (Phase::Joined, Some(space), Some(lease)) => {
+                    self.config.watchdog && !delta::holds(space, lease, now_ms)
+                }
+                _ => false,
+            }
+        };
+        if expired {
+            self.self_fence("the renewal deadline passed (storage failing or daemon stalled)");
+        }
+    }
+
+    /// Lose the lease: kill every process holding a lease here (SIGKILL
+    /// through its pidfd). Idempotent. The renewal thread then releases
+    /// what it can and rejoins once they are gone.
+    pub fn self_fence(&self, reason: &str) {
+        {
+            let mut state = self.lock();
+            if matches!(state.phase, Phase::SelfFenced(_) | Phase::Left) {
+                return;
+            }
+            state.phase = Phase::SelfFenced(reason.to_string());
+        }
+        self.phase_changed.notify_all();
+        self.emit(
+            Level::Error,
+            "self-fence",
+            format!("lost the lockspace: {reason}; killing every lease holder"),
+        );
+        for (pidfd, result) in self.context.holders.kill_all(Some(&self.config.name)) {
+            match result {
+                Ok(()) => self.emit(
+                    Level::Warn,
+                    "holder-killed",
+                    format!("sent SIGKILL to lease holder pid {}", pidfd.pid),
+                ),
+                Err(e) => self.emit(
+                    Level::Error,
+                    "holder-kill-failed",
+                    format!("cannot kill lease holder pid {}: {e}", pidfd.pid),
+                ),
+            }
+        }
+    }
+
+    fn join_request(&self) -> JoinRequest {
+        JoinRequest {
+            host_id: self.config.host_id,
+            host_name: self.config.host_name.clone(),
+            io_timeout_ms: self.config.io_timeout_ms,
+            nonce: lease::ids::random_u64(),
+            capacity: self.capacity(),
+            watchdog: self.config.watchdog,
+            fence_method: self.config.fence_method,
+        }
+    }
+
+    /// Errors that retrying will not fix.
+    fn permanent(error: &LeaseError) -> bool {
+        !matches!(
+            error,
+            LeaseError::Disk(_) | LeaseError::JoinRace { .. } | LeaseError::DeltaLost { .. }
+        )
+    }
+
+    /// Open the device and join (or take over a previous daemon's lease).
+    /// Retries storage errors until stopped; returns None when stopped or
+    /// failed for good.
+    fn join_loop(
+        &self,
+        mut takeover: Option<Takeover>,
+    ) -> Option<(BoxedDisk, Lockspace, DeltaLease)> {
+        let io_timeout_ms = u64::from(self.config.io_timeout_ms);
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            let attempt = self.open().and_then(|(disk, space)| {
+                let lease = match takeover.take() {
+                    Some(previous) => self.try_takeover(disk.as_ref(), &space, previous)?,
+                    None => None,
+                };
+                let lease = match lease {
+                    Some(lease) => lease,
+                    None => {
+                        let op = delta::join(&space, self.join_request());
+                        run(op, disk.as_ref(), &clock())?
+                    }
+                };
+                Ok((disk, space, lease))
+            });
+            match attempt {
+                Ok(joined) => return Some(joined),
+                Err(error) if Self::permanent(&error) => {
+                    self.emit(
+                        Level::Error,
+                        "join-failed",
+                        format!(
+                            "cannot join lockspace {} on {}: {error}",
+                            self.config.name, self.config.device
+                        ),
+                    );
+                    self.set_phase(Phase::Failed(error.to_string()));
+                    return None;
+                }
+                Err(error) => {
+                    self.emit(
+                        Level::Warn,
+                        "join-retry",
+                        format!(
+                            "joining lockspace {} failed, retrying: {error}",
+                            self.config.name
+                        ),
+                    );
+                    if self.sleep_until(clock().now_ms() + io_timeout_ms) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take up the delta lease a previous daemon of this host left running
+    /// (planned restart, or a crash): only the very generation and nonce it
+    /// recorded, and only while its renewal deadline (counted from its
+    /// last write, conservatively) has not passed. Otherwise every process
+    /// it left holding leases is killed and we join anew.
+    fn try_takeover(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        previous: Takeover,
+    ) -> Result<Option<DeltaLease>, LeaseError> {
+        let adopted = run(
+            delta::adopt(space, self.config.host_id, &self.config.host_name),
+            disk,
+            &clock(),
+        );
+        let now_ms = clock().now_ms();
+        let usable = match adopted {
+            Ok(mut lease)
+                if lease.record.generation == previous.generation
+                    && lease.record.nonce == previous.nonce
+                    && lease.record.flags.watchdog == self.config.watchdog =>
+            {
+                // The record's timestamp is the previous daemon's clock at
+                // its last write, and that clock is ours (same boot): its
+                // renewal began at most one io_timeout before that.
+                lease.last_renewal_ms = lease
+                    .record
+                    .timestamp_ms
+                    .min(now_ms)
+                    .saturating_sub(u64::from(self.config.io_timeout_ms));
+                delta::holds(space, &lease, now_ms).then_some(lease)
+            }
+            Ok(_) => None,
+            Err(LeaseError::Disk(e)) => return Err(LeaseError::Disk(e)),
+            Err(_) => None,
+        };
+        match usable {
+            Some(lease) => {
+                let count = previous.resources.len();
+                {
+                    let mut state = self.lock();
+                    state.resources = previous.resources;
+                    let owner = lease.owner();
+                    state
+                        .pending_release
+                        .extend(previous.release.into_iter().map(|name| (name, owner)));
+                }
+                self.emit(
+                    Level::Info,
+                    "taken-over",
+                    format!(
+                        "took over generation {} from the previous daemon with {count} lease(s) of running holders",
+                        lease.record.generation
+                    ),
+                );
+                Ok(Some(lease))
+            }
+            None => {
+                self.emit(
+                    Level::Warn,
+                    "takeover-refused",
+                    "the previous daemon's lease cannot be taken over (changed, fenced or past its deadline): killing the holders it left and joining anew",
+                );
+                for (pidfd, _) in self.context.holders.kill_all(Some(&self.config.name)) {
+                    pidfd.wait_exit(u64::from(self.config.io_timeout_ms));
+                }
+                for (pid, _, leases) in self.context.holders.snapshot() {
+                    for key in leases.iter().filter(|(s, _)| *s == self.config.name) {
+                        self.context.holders.remove_lease(pid, key);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn renewal_thread(self: Arc<Self>, takeover: Option<Takeover>) {
+        let span = tracing::info_span!("lockspace", host = self.config.host_id.get(), lockspace = %self.config.name);
+        let _entered = span.enter();
+        let mut takeover = takeover;
+        loop {
+            let Some((disk, space, lease)) = self.join_loop(takeover.take()) else {
+                return;
+            };
+            let timeouts = lease.timeouts();
+            {
+                let mut state = self.lock();
+                state.monitor = Some(Monitor::new(
+                    space.geometry.max_hosts(),
+                    self.config.host_id,
+                    timeouts,
+                    self.config.incident_share,
+                ));
+                state.lockspace = Some(space.clone());
+                state.lease = Some(lease.clone());
+                state.phase = Phase::Joined;
+                state.consecutive_failures = 0;
+            }
+            self.phase_changed.notify_all();
+            self.emit(
+                Level::Info,
+                "joined",
+                format!(
+                    "holding host id {} generation {} on {} (io_timeout {} ms, watchdog {})",
+                    lease.record.host_id,
+                    lease.record.generation,
+                    self.config.device,
+                    self.config.io_timeout_ms,
+                    if self.config.watchdog { "yes" } else { "no" }
+                ),
+            );
+            self.context.persist();
+            if !self.renew_loop(disk.as_ref(), &space) {
+                return;
+            }
+            // Self-fenced: wait for the holders to die, release what we
+            // can, then join again with a new generation.
+            self.after_self_fence(disk.as_ref(), &space);
+            if self.stopping() {
+                return;
+            }
+            self.set_phase(Phase::Joining);
+        }
+    }
+
+    /// Renew until stopped (false) or self-fenced (true).
+    fn renew_loop(&self, disk: &dyn lease::disk::Disk, space: &Lockspace) -> bool {
+        let mut advertised = self.capacity();
+        loop {
+            let (lease, next_ms) = {
+                let state = self.lock();
+                if let Phase::SelfFenced(_) = state.phase {
+                    return true;
+                }
+                let Some(lease) = state.lease.clone() else {
+                    return true;
+                };
+                let timeouts = lease.timeouts();
+                let next_ms = if state.consecutive_failures == 0 {
+                    lease.last_renewal_ms + timeouts.renew_interval_ms
+                } else {
+                    clock().now_ms() + (timeouts.io_timeout_ms / 2).max(1)
+                };
+                (lease, next_ms)
+            };
+            if self.sleep_until(next_ms) {
+                return false;
+            }
+            if let Phase::SelfFenced(_) = self.lock().phase {
+                return true;
+            }
+            let capacity = self.capacity();
+            let request = RenewRequest {
+                scan: true,
+                capacity: (capacity != advertised).then_some(capacity),
+                raise_floor: false,
+            };
+            match run(delta::renew(space, &lease, request), disk, &clock()) {
+                Ok(renewal) => {
+                    advertised = capacity;
+                    let mut transitions = Vec::new();
+                    let recovered;
+                    {
+                        let mut state = self.lock();
+                        if let Phase::SelfFenced(_) = state.phase {
+                            return true;
+                        }
+                        recovered = state.consecutive_failures > 0;
+                        state.consecutive_failures = 0;
+                        if let (Some(monitor), Some(area)) =
+                            (state.monitor.as_mut(), renewal.host_area.as_deref())
+                        {
+                            transitions =
+                                monitor.observe(renewal.lease.last_renewal_ms, space, area);
+                        }
+                        state.lease = Some(renewal.lease);
+                    }
+                    if recovered {
+                        self.emit(Level::Info, "renewal-recovered", "renewals succeed again");
+                    }
+                    for t in transitions {
+                        let level = if t.warn { Level::Warn } else { Level::Info };
+                        self.emit(level, &t.kind, t.message);
+                    }
+                }
+                Err(error @ (LeaseError::Fenced { .. } | LeaseError::DeltaLost { .. })) => {
+                    self.self_fence(&error.to_string());
+                    return true;
+                }
+                Err(error @ LeaseError::RenewalExpired { .. }) => {
+                    if self.config.watchdog {
+                        self.self_fence(&error.to_string());
+                        return true;
+                    }
+                    // Without a watchdog nobody takes our leases before
+                    // fencing us: go on with this generation if the sector
+                    // is still ours.
+                    match run(delta::resume(space, &lease), disk, &clock()) {
+                        Ok(resumed) => {
+                            self.emit(
+                                Level::Warn,
+                                "renewal-resumed",
+                                format!("renewals failed past the deadline ({error}); the sector is still ours, renewing generation {} again", resumed.record.generation),
+                            );
+                            let mut state = self.lock();
+                            state.lease = Some(resumed);
+                        }
+                        Err(e @ (LeaseError::Fenced { .. } | LeaseError::DeltaLost { .. })) => {
+                            self.self_fence(&e.to_string());
+                            return true;
+                        }
+                        Err(e) => self.note_failure(&e),
+                    }
+                }
+                Err(error) => self.note_failure(&error),
+            }
+        }
+    }
+
+    fn note_failure(&self, error: &LeaseError) {
+        let count = {
+            let mut state = self.lock();
+            state.renewal_failures = state.renewal_failures.saturating_add(1);
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            state.consecutive_failures
+        };
+        if count == 1 || count % 10 == 0 {
+            self.emit(
+                Level::Warn,
+                "renewal-failed",
+                format!("renewal failed ({count} in a row): {error}"),
+            );
+        }
+    }
+
+    /// After losing the lease: wait (bounded) for the killed holders to
+    /// exit, release the leases they held where the device lets us, and
+    /// forget them.
+    fn after_self_fence(&self, disk: &dyn lease::disk::Disk, space: &Lockspace) {
+        let wait_ms = u64::from(self.config.io_timeout_ms);
+        loop {
+            if self.context.holders.all_exited(&self.config.name) {
+                break;
+            }
+            if self.sleep_until(clock().now_ms() + wait_ms.min(100)) {
+                return;
+            }
+            // Kill again: a holder registered in the meantime is covered too.
+            self.context.holders.kill_all(Some(&self.config.name));
+        }
+        let (resources, owner) = {
+            let mut state = self.lock();
+            let owner = state.lease.as_ref().map(DeltaLease::owner);
+            (std::mem::take(&mut state.resources), owner)
+        };
+        if let Some(owner) = owner {
+            for (name, held) in &resources {
+                let request = ReleaseRequest {
+                    location: space.geometry.resource_lease(held.slot),
+                    owner,
+                    lver: Some(held.lver),
+                    clear_name: false,
+                    name: Some(name.clone()),
+                };
+                // Best effort: after a FENCED mark or the watchdog rule the
+                // others may take these anyway.
+                let _ = run(paxos::release(space, request), disk, &clock());
+                self.context
+                    .holders
+                    .remove_lease(held.pid, &(self.config.name.clone(), name.clone()));
+            }
+        }
+        self.context.persist();
+        self.emit(
+            Level::Warn,
+            "self-fence-done",
+            format!(
+                "every holder is gone, {} lease(s) given up; joining again with a new generation",
+                resources.len()
+            ),
+        );
+    }
+
+    // ---- resource worker -------------------------------------------------
+
+    fn worker_thread(self: Arc<Self>, jobs: mpsc::Receiver<Job>) {
+        let span = tracing::info_span!("lockspace", host = self.config.host_id.get(), lockspace = %self.config.name);
+        let _entered = span.enter();
+        let mut device: Option<(BoxedDisk, Lockspace)> = None;
+        let retry = Duration::from_millis(u64::from(self.config.io_timeout_ms).max(100));
+        loop {
+            let job = match jobs.recv_timeout(retry) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            if device.is_none() {
+                match self.open() {
+                    Ok(opened) => device = Some(opened),
+                    Err(e) => {
+                        if let Some(job) = job {
+                            fail_job(job, JobError::from_lease(&e));
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some((disk, space)) = device.as_ref() else {
+                continue;
+            };
+            self.retry_pending_releases(disk.as_ref(), space);
+            match job {
+                Some(Job::Acquire {
+                    resource,
+                    pid,
+                    reply,
+                }) => {
+                    let result = self.acquire(disk.as_ref(), space, &resource, pid, &reply);
+                    if let Err(unsent) = reply.send(result) {
+                        // The client gave up waiting: do not keep a lease
+                        // nobody knows about.
+                        if unsent.is_ok() {
+                            self.release_held(disk.as_ref(), space, &resource);
+                        }
+                    }
+                }
+                Some(Job::Release {
+                    resource,
+                    pid,
+                    reply,
+                }) => {
+                    let result = self.release(disk.as_ref(), space, &resource, Some(pid));
+                    let _ = reply.send(result);
+                }
+                Some(Job::Inquire { resource, reply }) => {
+                    let _ = reply.send(self.inquire(disk.as_ref(), space, &resource));
+                }
+                Some(Job::ReleaseAllOf { pid }) => {
+                    let names: Vec<String> = self
+                        .lock()
+                        .resources
+                        .iter()
+                        .filter(|(_, h)| h.pid == pid)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in names {
+                        match self.release(disk.as_ref(), space, &name, None) {
+                            Ok(_) => self.emit(
+                                Level::Info,
+                                "released-on-exit",
+                                format!("released {name}: its holder pid {pid} is gone"),
+                            ),
+                            Err(e) => self.emit(
+                                Level::Warn,
+                                "release-failed",
+                                format!(
+                                    "releasing {name} of exited pid {pid} failed ({}); will retry",
+                                    e.message
+                                ),
+                            ),
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn joined_owner(&self) -> Result<(Owner, Vec<(HostId, u64)>), JobError> {
+        let state = self.lock();
+        match (&state.phase, &state.lockspace, &state.lease) {
+            (Phase::Joined, Some(space), Some(lease))
+                if delta::holds(space, lease, clock().now_ms()) =>
+            {
+                let dead = state
+                    .monitor
+                    .as_ref()
+                    .map(Monitor::dead_hosts)
+                    .unwrap_or_default();
+                Ok((lease.owner(), dead))
+            }
+            (phase, _, _) => Err(JobError::new(
+                ErrorKind::NotJoined,
+                format!(
+                    "host {} does not hold lockspace {} ({}): no lease can be acquired now",
+                    self.config.host_id,
+                    self.config.name,
+                    phase.label()
+                ),
+            )),
+        }
+    }
+
+    fn acquire(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        resource: &str,
+        pid: i32,
+        reply: &tokio::sync::oneshot::Sender<Result<AcquireReply, JobError>>,
+    ) -> Result<AcquireReply, JobError> {
+        if reply.is_closed() {
+            return Err(JobError::new(ErrorKind::Internal, "the client went away"));
+        }
+        self.context
+            .holders
+            .check_alive(pid)
+            .map_err(|e| JobError::new(ErrorKind::NotFound, e.to_string()))?;
+        if let Some(held) = self.lock().resources.get(resource) {
+            return if held.pid == pid {
+                Ok(AcquireReply {
+                    lockspace: self.config.name.clone(),
+                    resource: resource.to_string(),
+                    slot: held.slot,
+                    lver: held.lver,
+                    generation: self.joined_owner()?.0.generation,
+                })
+            } else {
+                Err(JobError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "resource busy: {resource} is held on this host by pid {}",
+                        held.pid
+                    ),
+                ))
+            };
+        }
+        let (owner, dead_hosts) = self.joined_owner()?;
+        let request = NamedAcquire {
+            name: resource.to_string(),
+            owner,
+            dead_hosts,
+            io_timeout_ms: self.config.io_timeout_ms,
+            seed: lease::ids::random_u64(),
+        };
+        match run(resource::acquire(space, request), disk, &clock()) {
+            Ok((slot, leader)) => {
+                let held = Held {
+                    slot,
+                    lver: leader.lver,
+                    pid,
+                };
+                // Still the same incarnation, and the holder still there?
+                let still = {
+                    let mut state = self.lock();
+                    let same = state.phase == Phase::Joined
+                        && state.lease.as_ref().map(DeltaLease::owner) == Some(owner);
+                    if same {
+                        state.resources.insert(resource.to_string(), held.clone());
+                    }
+                    same
+                };
+                let key = (self.config.name.clone(), resource.to_string());
+                if !still || self.context.holders.add_lease(pid, key).is_err() {
+                    self.lock().resources.remove(resource);
+                    let _ = self.release_lease(disk, space, resource, &held, owner);
+                    return Err(JobError::new(
+                        ErrorKind::NotJoined,
+                        "the lockspace or the holder was lost during the acquire; the lease was given back",
+                    ));
+                }
+                self.context.persist();
+                self.emit(
+                    Level::Info,
+                    "acquired",
+                    format!(
+                        "acquired {resource} (slot {slot}, lver {}) for pid {pid}",
+                        leader.lver
+                    ),
+                );
+                Ok(AcquireReply {
+                    lockspace: self.config.name.clone(),
+                    resource: resource.to_string(),
+                    slot,
+                    lver: leader.lver,
+                    generation: owner.generation,
+                })
+            }
+            Err(error) => {
+                if matches!(error, LeaseError::Disk(_)) {
+                    // The outcome is unknown: we may have won on disk.
+                    self.lock()
+                        .pending_release
+                        .push((resource.to_string(), owner));
+                }
+                Err(self.describe_busy(disk, space, &error))
+            }
+        }
+    }
+
+    /// A busy error naming the holder ("held by host 2 (hostB)").
+    fn describe_busy(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        error: &LeaseError,
+    ) -> JobError {
+        let mut job_error = JobError::from_lease(error);
+        if let LeaseError::HeldByOther {
+            owner, resource, ..
+        } = error
+        {
+            let name = run(delta::joined_owner(space, owner.host_id), disk, &clock())
+                .map(|r| r.host_name)
+                .unwrap_or_default();
+            job_error.message = format!(
+                "resource busy: lease {resource} held by host {} ({name}) generation {}",
+                owner.host_id, owner.generation
+            );
+        }
+        job_error
+    }
+
+    fn release_lease(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        resource: &str,
+        held: &Held,
+        owner: Owner,
+    ) -> Result<u64, LeaseError> {
+        if held.slot >= space.geometry.max_resources() {
+            return Err(LeaseError::Invalid(format!(
+                "slot {} of {resource} is beyond the device's {} slots",
+                held.slot,
+                space.geometry.max_resources()
+            )));
+        }
+        let request = ReleaseRequest {
+            location: space.geometry.resource_lease(held.slot),
+            owner,
+            lver: Some(held.lver),
+            clear_name: false,
+            name: Some(resource.to_string()),
+        };
+        let result = run(paxos::release(space, request), disk, &clock());
+        if let Err(LeaseError::Disk(_)) = &result {
+            self.lock()
+                .pending_release
+                .push((resource.to_string(), owner));
+        }
+        result
+    }
+
+    fn release_held(&self, disk: &dyn lease::disk::Disk, space: &Lockspace, resource: &str) {
+        let _ = self.release(disk, space, resource, None);
+    }
+
+    fn release(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        resource: &str,
+        pid: Option<i32>,
+    ) -> Result<ReleaseReply, JobError> {
+        let (held, owner) = {
+            let state = self.lock();
+            let held = state.resources.get(resource).cloned();
+            let owner = state.lease.as_ref().map(DeltaLease::owner);
+            (held, owner)
+        };
+        let Some(held) = held else {
+            return Err(JobError::new(
+                ErrorKind::NotFound,
+                format!("{resource} is not held on this host"),
+            ));
+        };
+        if let Some(pid) = pid {
+            if held.pid != pid {
+                return Err(JobError::new(
+                    ErrorKind::NotFound,
+                    format!("{resource} is held for pid {}, not pid {pid}", held.pid),
+                ));
+            }
+        }
+        let Some(owner) = owner else {
+            return Err(JobError::new(ErrorKind::NotJoined, "no delta lease"));
+        };
+        // Forget it first: a release whose write failed is retried from
+        // pending_release, never reported as still held.
+        self.lock().resources.remove(resource);
+        self.context
+            .holders
+            .remove_lease(held.pid, &(self.config.name.clone(), resource.to_string()));
+        let result = self.release_lease(disk, space, resource, &held, owner);
+        self.context.persist();
+        match result {
+            Ok(lver) => {
+                self.emit(
+                    Level::Info,
+                    "released",
+                    format!("released {resource} (slot {}, lver {lver})", held.slot),
+                );
+                Ok(ReleaseReply {
+                    lockspace: self.config.name.clone(),
+                    resource: resource.to_string(),
+                    lver,
+                })
+            }
+            Err(LeaseError::NotOwner { .. }) => Ok(ReleaseReply {
+                lockspace: self.config.name.clone(),
+                resource: resource.to_string(),
+                lver: held.lver,
+            }),
+            Err(e) => Err(JobError::new(
+                JobError::from_lease(&e).kind,
+                format!("{e}; the release will be retried until the device answers"),
+            )),
+        }
+    }
+
+    fn retry_pending_releases(&self, disk: &dyn lease::disk::Disk, space: &Lockspace) {
+        let pending = std::mem::take(&mut self.lock().pending_release);
+        for (name, owner) in pending {
+            match run(resource::release(space, &name, owner), disk, &clock()) {
+                Ok(_) => {}
+                Err(LeaseError::Disk(_)) => self.lock().pending_release.push((name, owner)),
+                Err(e) => self.emit(
+                    Level::Warn,
+                    "release-failed",
+                    format!("giving up releasing {name}: {e}"),
+                ),
+            }
+        }
+    }
+
+    fn inquire(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        resource: &str,
+    ) -> Result<InquireReply, JobError> {
+        let found = run(resource::lookup(space, resource), disk, &clock())
+            .map_err(|e| JobError::from_lease(&e))?;
+        let held_here = self.lock().resources.get(resource).map(|h| h.pid);
+        let Some((slot, _)) = found else {
+            return Ok(InquireReply {
+                lockspace: self.config.name.clone(),
+                resource: resource.to_string(),
+                slot: None,
+                lver: 0,
+                holder_host_id: None,
+                holder_host_name: None,
+                holder_generation: None,
+                held_here_by_pid: held_here,
+            });
+        };
+        let status = run(
+            paxos::inquire(space, space.geometry.resource_lease(slot)),
+            disk,
+            &clock(),
+        )
+        .map_err(|e| JobError::from_lease(&e))?;
+        let holder_name = status.holder.and_then(|owner| {
+            run(delta::joined_owner(space, owner.host_id), disk, &clock())
+                .ok()
+                .map(|r| r.host_name)
+        });
+        Ok(InquireReply {
+            lockspace: self.config.name.clone(),
+            resource: resource.to_string(),
+            slot: Some(slot),
+            lver: status.leader.lver,
+            holder_host_id: status.holder.map(|o| o.host_id.get()),
+            holder_host_name: holder_name,
+            holder_generation: status.holder.map(|o| o.generation),
+            held_here_by_pid: held_here,
+        })
+    }
+
+    // ---- status and shutdown ----------------------------------------------
+
+    pub fn status(&self) -> LockspaceStatus {
+        let state = self.lock();
+        let now_ms = clock().now_ms();
+        let hosts = match (&state.monitor, &state.lockspace) {
+            (Some(monitor), Some(space)) => monitor.hosts(space),
+            _ => Vec::new(),
+        };
+        let label = match (&state.phase, state.consecutive_failures) {
+            (Phase::Joined, n) if n > 0 => "renewal-failing".to_string(),
+            (phase, _) => phase.label().to_string(),
+        };
+        LockspaceStatus {
+            name: self.config.name.clone(),
+            device: self.config.device.clone(),
+            io_timeout_ms: self.config.io_timeout_ms,
+            state: label,
+            generation: state
+                .lease
+                .as_ref()
+                .map(|l| l.record.generation)
+                .unwrap_or(0),
+            last_renewal_age_ms: state
+                .lease
+                .as_ref()
+                .map(|l| now_ms.saturating_sub(l.last_renewal_ms)),
+            renewal_failures: state.renewal_failures,
+            storage_incident: state
+                .monitor
+                .as_ref()
+                .is_some_and(Monitor::storage_incident),
+            hosts: hosts.into_iter().filter(|h| h.state != "unused").collect(),
+            resources: state
+                .resources
+                .iter()
+                .map(|(name, h)| ResourceStatus {
+                    name: name.clone(),
+                    slot: h.slot,
+                    lver: h.lver,
+                    pid: h.pid,
+                })
+                .collect(),
+        }
+    }
+
+    /// The state file's view of this lockspace.
+    pub fn persisted(&self) -> Option<(u64, u64, BTreeMap<String, Held>)> {
+        let state = self.lock();
+        match (&state.phase, &state.lease) {
+            (Phase::Joined, Some(lease)) => Some((
+                lease.record.generation,
+                lease.record.nonce,
+                state.resources.clone(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Clean leave: release every lease (their holders must be gone) and
+    /// mark our record released. The renewal thread must be stopped first.
+    pub fn leave(&self) -> Result<(), LeaseError> {
+        let (space, lease, resources) = {
+            let state = self.lock();
+            (
+                state.lockspace.clone(),
+                state.lease.clone(),
+                state.resources.clone(),
+            )
+        };
+        let (Some(space), Some(lease)) = (space, lease) else {
+            self.set_phase(Phase::Left);
+            return Ok(());
+        };
+        let (disk, _) = self.open()?;
+        for (name, held) in &resources {
+            self.release_lease(disk.as_ref(), &space, name, held, lease.owner())?;
+        }
+        let pending = std::mem::take(&mut self.lock().pending_release);
+        for (name, owner) in pending {
+            run(
+                resource::release(&space, &name, owner),
+                disk.as_ref(),
+                &clock(),
+            )?;
+        }
+        run(delta::leave(&space, &lease), disk.as_ref(), &clock())?;
+        {
+            let mut state = self.lock();
+            state.resources.clear();
+        }
+        self.set_phase(Phase::Left);
+        self.emit(
+            Level::Info,
+            "left",
+            format!(
+                "left lockspace {} (generation {})",
+                self.config.name, lease.record.generation
+            ),
+        );
+        Ok(())
+    }
+}
+
+fn fail_job(job: Job, error: JobError) {
+    match job {
+        Job::Acquire { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Release { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Inquire { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::ReleaseAllOf { .. } => {}
+    }
+}

@@ -1,0 +1,124 @@
+//! What a restarted daemon needs to take over without killing anything:
+//! each joined lockspace's generation and nonce, every registered holder
+//! (pid + start time, which together name one process) and the leases held
+//! for it. Written atomically (temporary file, fsync, rename) under the run
+//! directory after every change; a file from another boot is ignored.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateFile {
+    pub boot_id: String,
+    pub host_id: u32,
+    pub lockspaces: Vec<PersistedSpace>,
+    pub holders: Vec<PersistedHolder>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PersistedSpace {
+    pub name: String,
+    pub device: String,
+    pub io_timeout_ms: u32,
+    /// Added at run time (not from the config file).
+    pub added: bool,
+    pub generation: u64,
+    pub nonce: u64,
+    pub resources: Vec<PersistedResource>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PersistedResource {
+    pub name: String,
+    pub slot: u32,
+    pub lver: u64,
+    pub pid: i32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PersistedHolder {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// This boot's id: a state file from an earlier boot describes processes
+/// that no longer exist.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)
+}
+
+/// The state a previous daemon of this boot left, if any. A file that does
+/// not parse is reported and ignored: its holders cannot be trusted.
+pub fn read(path: &Path) -> Result<Option<StateFile>, String> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let state: StateFile = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not a valid state file: {e}", path.display()))?;
+    if state.boot_id != boot_id() {
+        return Ok(None);
+    }
+    Ok(Some(state))
+}
+
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_other_boot_ignored() {
+        let dir = std::env::temp_dir().join(format!("leasehold-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.json");
+        let mut state = StateFile {
+            boot_id: boot_id(),
+            host_id: 2,
+            lockspaces: vec![PersistedSpace {
+                name: "ls".to_string(),
+                device: "/dev/loop0".to_string(),
+                io_timeout_ms: 1000,
+                added: false,
+                generation: 3,
+                nonce: 99,
+                resources: vec![PersistedResource {
+                    name: "vm1".to_string(),
+                    slot: 0,
+                    lver: 4,
+                    pid: 1234,
+                }],
+            }],
+            holders: vec![PersistedHolder {
+                pid: 1234,
+                start_time: 5,
+            }],
+        };
+        write(&path, &state).expect("write");
+        assert_eq!(read(&path).expect("read"), Some(state.clone()));
+        state.boot_id = "another-boot".to_string();
+        write(&path, &state).expect("write");
+        assert_eq!(read(&path).expect("read"), None);
+        std::fs::write(&path, b"{").expect("write");
+        assert!(read(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
