@@ -656,7 +656,13 @@ impl Space {
                         self.emit(level, &t.kind, t.message);
                     }
                 }
-                Err(error @ (LeaseError::Fenced { .. } | LeaseError::DeltaLost { .. })) => {
+                Err(
+                    error @ (LeaseError::Fenced { .. }
+                    | LeaseError::DeltaLost { .. }
+                    | LeaseError::Corrupt { .. }),
+                ) => {
+                    // Fenced, taken, or overwritten with something we did
+                    // not write: it is no longer ours.
                     self.self_fence(&error.to_string());
                     return true;
                 }

@@ -31,6 +31,135 @@ pub enum Command {
     /// One-shot lease operations straight on the device (for tests and scripts).
     #[command(subcommand)]
     Direct(DirectCommand),
+    /// This host's daemon: its lockspaces, every host it sees, held leases.
+    Status(DaemonArgs),
+    /// Every host of a lockspace as this host's daemon sees it.
+    Hosts(HostsArgs),
+    /// The newest events of this host's daemon (joins, silent hosts,
+    /// storage incidents, self-fencing, ...).
+    Events(EventsArgs),
+    /// Lease operations through this host's daemon, for a process.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// How to reach the daemon.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Control socket of leaseholdd. Default: from --config, else
+    /// $LEASEHOLD_SOCKET, else /run/leasehold/leaseholdd.sock.
+    #[arg(long)]
+    pub socket: Option<String>,
+    /// Take the socket path from this daemon configuration file.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HostsArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Lockspace (default: the configured one).
+    #[arg(long)]
+    pub lockspace: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// How many of the newest events.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub count: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Register a process as a lease holder: its leases are released when
+    /// it exits, and it is killed if this host loses its lockspace.
+    Register(PidArgs),
+    /// Forget a registered process and release its leases.
+    Unregister(PidArgs),
+    /// Acquire a resource lease for a registered process.
+    Acquire(ClientResourceArgs),
+    /// Release a resource lease held for a process.
+    Release(ClientResourceArgs),
+    /// Who holds a resource lease, read from the device now.
+    Inquire(InquireArgs),
+    /// Acquire RESOURCE for this very process, then run COMMAND in its
+    /// place (exec): the lease lives exactly as long as the command.
+    Run(RunArgs),
+    /// Join another lockspace on another device.
+    AddLockspace(AddLockspaceArgs),
+    /// Leave a lockspace added with add-lockspace.
+    RemoveLockspace(RemoveLockspaceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PidArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The process id.
+    #[arg(long)]
+    pub pid: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientResourceArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Resource name (1..=48 bytes).
+    pub resource: String,
+    /// The registered process the lease is (to be) held for.
+    #[arg(long)]
+    pub pid: i32,
+    /// Lockspace (default: the configured one).
+    #[arg(long)]
+    pub lockspace: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InquireArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    pub resource: String,
+    #[arg(long)]
+    pub lockspace: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Resource to hold while the command runs (repeatable).
+    #[arg(long = "resource", required = true)]
+    pub resources: Vec<String>,
+    #[arg(long)]
+    pub lockspace: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AddLockspaceArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    pub name: String,
+    pub device: String,
+    /// io_timeout for this lockspace in milliseconds (default: the daemon's).
+    #[arg(long)]
+    pub io_timeout_ms: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoveLockspaceArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    pub name: String,
 }
 
 /// How to open the device.

@@ -9,6 +9,12 @@ pub const LOST: i32 = 5;
 
 /// The exit status for an error: the first lease error in its chain decides.
 pub fn code_for(error: &anyhow::Error) -> i32 {
+    if let Some(refused) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::control::DaemonRefused>())
+    {
+        return refused.exit_code();
+    }
     let Some(lease_error) = error.chain().find_map(|e| e.downcast_ref::<LeaseError>()) else {
         return FAILURE;
     };

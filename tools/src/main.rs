@@ -2,6 +2,7 @@
 //! operations on them.
 
 mod cli;
+mod control;
 mod direct;
 mod dump;
 mod exit;
@@ -16,6 +17,10 @@ fn main() {
         cli::Command::Format(args) => format::run(&args),
         cli::Command::Dump(args) => dump::run(&args),
         cli::Command::Direct(command) => direct::run_command(command),
+        cli::Command::Status(args) => control::status(&args),
+        cli::Command::Hosts(args) => control::hosts(&args),
+        cli::Command::Events(args) => control::events(&args),
+        cli::Command::Client(command) => control::client(&command),
     };
     if let Err(error) = result {
         eprintln!("leasehold: error: {error:#}");

@@ -1,0 +1,431 @@
+//! leaseholdd as real processes on real block devices: joining, watching
+//! each other, kill -9 and SIGSTOP, the watchdog emulation, handover on
+//! restart, and bad input on every door.
+
+use leasehold_daemon::protocol::{ErrorKind, Request};
+use leasehold_tests::daemon::{Host, HostSpec};
+use leasehold_tests::{leasehold, leasehold_ok, sparse_file, wait_for, LoopDevice, Scratch};
+use std::time::{Duration, Instant};
+
+/// io_timeout for these tests: expiry 8T = 4 s, host_dead 12T = 6 s.
+const T_MS: u32 = 500;
+
+struct Cluster {
+    _scratch: Scratch,
+    root: std::path::PathBuf,
+    _device: LoopDevice,
+    path: String,
+}
+
+fn cluster(label: &str) -> Cluster {
+    let scratch = Scratch::new(label);
+    let backing = scratch.file("lease.img");
+    sparse_file(&backing, 8 << 20);
+    let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    let path = device.path.clone();
+    leasehold_ok(&[
+        "format",
+        &path,
+        "--lockspace",
+        "test",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "16",
+        "--io-timeout",
+        "0.5",
+    ]);
+    Cluster {
+        root: scratch.path.clone(),
+        _scratch: scratch,
+        _device: device,
+        path,
+    }
+}
+
+fn wait_long<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+fn all_live(host: &Host, ids: &[u32]) -> bool {
+    let hosts = host.hosts();
+    ids.iter()
+        .all(|id| hosts.iter().any(|h| h.host_id == *id && h.state == "live"))
+}
+
+#[test]
+fn three_daemons_see_each_other_and_a_killed_one_goes_silent_after_expiry_only() {
+    let c = cluster("three");
+    let mut hosts: Vec<Host> = (1..=3)
+        .map(|id| Host::start(&c.root, HostSpec::new(id, &c.path, T_MS)))
+        .collect();
+    for h in &hosts {
+        h.wait_joined();
+    }
+    for h in &hosts {
+        assert!(
+            wait_long(Duration::from_secs(20), || all_live(h, &[1, 2, 3])
+                .then_some(()))
+            .is_some(),
+            "{} does not see every host live: {:?}",
+            h.spec.name,
+            h.hosts()
+        );
+    }
+    let killed_at = Instant::now();
+    hosts[2].kill9();
+    let expiry = Duration::from_millis(8 * u64::from(T_MS));
+    let renew_interval = Duration::from_millis(2 * u64::from(T_MS));
+    for h in &hosts[..2] {
+        let silent = wait_long(Duration::from_secs(30), || {
+            h.host_state(3)
+                .filter(|s| s.state == "silent" || s.state == "dead")
+        })
+        .unwrap_or_else(|| panic!("host 3 never went silent for {}", h.spec.name));
+        let after = killed_at.elapsed();
+        // Its last renewal was at most one interval before the kill.
+        assert!(
+            after + renew_interval >= expiry,
+            "declared silent {after:?} after the kill, before expiry {expiry:?}"
+        );
+        assert!(silent.unchanged_for_ms >= 8 * u64::from(T_MS));
+        let status = h.status().expect("status");
+        let space = &status.lockspaces[0];
+        assert_eq!(
+            space.renewal_failures, 0,
+            "the observer's own renewals were healthy"
+        );
+        assert!(!space.storage_incident);
+        assert!(h.has_event("host-silent"));
+    }
+    // The two survivors still see each other live.
+    assert!(all_live(&hosts[0], &[1, 2]));
+}
+
+#[test]
+fn a_lease_is_bound_to_its_process_and_refused_elsewhere() {
+    let c = cluster("bound");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
+    let refused = b.spawn_holder(&["vm1"]).expect_err("B must be refused");
+    assert!(refused.contains("resource busy"), "{refused}");
+    assert!(refused.contains("host 1 (host1)"), "{refused}");
+    // Inquire from B names A.
+    let reply = b.call(&Request::Inquire {
+        lockspace: None,
+        resource: "vm1".to_string(),
+    });
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(
+        reply
+            .result
+            .as_ref()
+            .and_then(|r| r["holder_host_id"].as_u64()),
+        Some(1)
+    );
+    // The holder exits: its lease is released and B gets it.
+    holder.kill().expect("kill holder");
+    holder.wait().expect("reap");
+    let mut on_b = wait_long(Duration::from_secs(20), || b.spawn_holder(&["vm1"]).ok())
+        .expect("B acquires after A's holder exited");
+    let _ = on_b.kill();
+    let _ = on_b.wait();
+}
+
+/// True once the child has exited (reaping it).
+fn dead(child: &mut std::process::Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
+#[test]
+fn a_stopped_watchdog_host_has_its_holders_killed_before_anyone_takes_over() {
+    let c = cluster("sigstop");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS).with_watchdog());
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    assert!(
+        a.emulator_said("armed").is_some(),
+        "the daemon arms the watchdog"
+    );
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
+    wait_long(Duration::from_secs(20), || {
+        all_live(&b, &[1, 2]).then_some(())
+    })
+    .expect("B sees A live");
+    a.stop();
+    let stopped_at = Instant::now();
+    // B tries all along; every success must find A's holder already dead.
+    let mut taken = None;
+    while stopped_at.elapsed() < Duration::from_secs(40) {
+        let holder_dead_before = dead(&mut holder);
+        if let Ok(mut child) = b.spawn_holder(&["vm1"]) {
+            assert!(
+                holder_dead_before,
+                "B acquired vm1 while A's holder still ran ({:?} after SIGSTOP)",
+                stopped_at.elapsed()
+            );
+            taken = Some(stopped_at.elapsed());
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let taken = taken.expect("B takes vm1 over by the watchdog rule");
+    assert!(
+        a.emulator_said("fired").is_some(),
+        "the emulated watchdog fired"
+    );
+    assert!(dead(&mut holder));
+    // Not before the host_dead time (12T) could have passed.
+    assert!(
+        taken >= Duration::from_millis(10 * u64::from(T_MS)),
+        "{taken:?}"
+    );
+}
+
+#[test]
+fn sigterm_with_running_holders_hands_over_and_without_them_leaves() {
+    let c = cluster("handover");
+    let mut a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS).with_watchdog());
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
+    let generation = a.wait_joined().lockspaces[0].generation;
+    assert_eq!(a.terminate(), Some(0));
+    assert!(!dead(&mut holder), "a planned restart kills nobody");
+    assert!(a.has_event("handover"));
+    assert!(
+        a.emulator_said("disarmed").is_none(),
+        "handover keeps the watchdog armed"
+    );
+    a.start_daemon();
+    let status = a.wait_joined();
+    let space = &status.lockspaces[0];
+    assert_eq!(
+        space.generation, generation,
+        "the new daemon took over the generation"
+    );
+    assert_eq!(space.resources.len(), 1, "{space:?}");
+    assert!(a.has_event("taken-over"));
+    assert!(b.spawn_holder(&["vm1"]).is_err(), "the lease stayed A's");
+    // Well past the renewal deadline the holder still runs, still protected.
+    std::thread::sleep(Duration::from_millis(8 * u64::from(T_MS)));
+    assert!(!dead(&mut holder));
+    assert!(b.spawn_holder(&["vm1"]).is_err());
+
+    // Without holders SIGTERM releases and leaves; B then gets the lease at once.
+    holder.kill().expect("kill");
+    holder.wait().expect("reap");
+    wait_long(Duration::from_secs(10), || {
+        a.status().filter(|s| s.lockspaces[0].resources.is_empty())
+    })
+    .expect("A released vm1 of the exited holder");
+    assert_eq!(a.terminate(), Some(0));
+    assert!(
+        a.emulator_said("disarmed").is_some(),
+        "clean stop: magic close"
+    );
+    wait_long(Duration::from_secs(10), || {
+        b.host_state(1).filter(|h| h.state == "left")
+    })
+    .expect("B sees A left");
+    let mut on_b = b.spawn_holder(&["vm1"]).expect("B acquires");
+    let _ = on_b.kill();
+    let _ = on_b.wait();
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_connection_and_daemon_survive() {
+    let c = cluster("badinput");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    a.wait_joined();
+    let mut client = a.client().expect("connect");
+    let long = format!("{{\"op\":\"status\",\"pad\":\"{}\"}}", "x".repeat(200_000));
+    for line in [
+        "not json",
+        "{\"op\":\"reboot\"}",
+        "{\"op\":\"register\",\"pid\":\"1\"}",
+        "{\"op\":\"acquire\",\"resource\":\"vm1\"}",
+        "[1,2,3]",
+        "\u{1}\u{2}\u{3}",
+        long.as_str(),
+    ] {
+        let reply = client.call_raw(line).expect("an answer");
+        assert!(!reply.ok, "{line:.40} accepted");
+        assert_eq!(
+            reply.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::BadRequest),
+            "{reply:?}"
+        );
+    }
+    // A request for a process that is not registered, or does not exist.
+    let reply = client
+        .call(&Request::Acquire {
+            lockspace: None,
+            resource: "vm1".to_string(),
+            pid: 1,
+        })
+        .expect("answer");
+    assert_eq!(reply.error.map(|e| e.kind), Some(ErrorKind::NotFound));
+    let reply = client
+        .call(&Request::Register { pid: 999_999_999 })
+        .expect("answer");
+    assert_eq!(reply.error.map(|e| e.kind), Some(ErrorKind::NotFound));
+    let reply = client
+        .call(&Request::Acquire {
+            lockspace: None,
+            resource: "a-name-much-longer-than-forty-eight-bytes-is-refused-here".to_string(),
+            pid: i32::try_from(std::process::id()).expect("pid"),
+        })
+        .expect("answer");
+    assert!(!reply.ok);
+    // The same connection still works.
+    let reply = client.call(&Request::Status {}).expect("answer");
+    assert!(reply.ok);
+    // Half a line then a hang-up does not hurt either.
+    {
+        use std::io::Write;
+        let mut raw = std::os::unix::net::UnixStream::connect(&a.socket).expect("connect");
+        raw.write_all(b"{\"op\":\"sta").expect("write");
+    }
+    assert!(a.status().is_some(), "daemon alive");
+}
+
+#[test]
+fn a_peer_that_is_neither_root_nor_in_the_group_is_refused() {
+    let c = cluster("peercred");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    a.wait_joined();
+    // Open the socket file to everyone so the daemon's own check decides.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&a.socket, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::set_permissions(&c.root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        a.socket.parent().expect("dir"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(leasehold_tests::leasehold_bin())
+        .arg("status")
+        .arg("--socket")
+        .arg(&a.socket)
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("may not use leaseholdd's socket"),
+        "{stderr}"
+    );
+    assert!(a.has_event("client-refused"));
+    // Root still gets in.
+    assert!(a.status().is_some());
+}
+
+#[test]
+fn invalid_config_is_refused_before_the_device_is_touched() {
+    let scratch = Scratch::new("badconfig");
+    let config = scratch.file("bad.toml");
+    std::fs::write(
+        &config,
+        "[host]\nid = 1\nname = \"a\"\n[lockspace]\nname = \"t\"\ndevice = \"/nonexistent/dev\"\nio_timeout_ms = 5\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(leasehold_tests::leaseholdd_bin())
+        .args(["--check-config", "--config", &config])
+        .output()
+        .expect("run leaseholdd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&config), "{stderr}");
+    assert!(stderr.contains("lockspace.io_timeout_ms"), "{stderr}");
+    assert!(stderr.contains("100..=300000"), "{stderr}");
+    // Starting (not only checking) fails the same way.
+    let out = std::process::Command::new(leasehold_tests::leaseholdd_bin())
+        .args(["--config", &config])
+        .output()
+        .expect("run leaseholdd");
+    assert_eq!(out.status.code(), Some(2));
+    // A syntax error names its line.
+    std::fs::write(&config, "[host]\nid = 1\nname = \n").expect("write");
+    let out = std::process::Command::new(leasehold_tests::leaseholdd_bin())
+        .args(["--check-config", "--config", &config])
+        .output()
+        .expect("run leaseholdd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+}
+
+/// Overwrite host `id`'s sector with garbage, as a stray writer would.
+fn scribble_host_sector(device: &str, id: u32) {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device)
+        .expect("open device");
+    let geometry = lease::format::Geometry::new(512, 8, 16, 65536).expect("geometry");
+    let offset = geometry.host_offset_bytes(lease::HostId::new(id).expect("id"));
+    let mut buffer = lease::disk::AlignedBuffer::new(512).expect("buffer");
+    buffer.as_mut_slice().fill(0xA5);
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.write_all(buffer.as_slice()).expect("write garbage");
+}
+
+#[test]
+fn an_overwritten_host_sector_makes_its_owner_self_fence_and_others_never_treat_it_as_free() {
+    let c = cluster("corrupt");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    let mut b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    let mut dead_host = Host::start(&c.root, HostSpec::new(3, &c.path, T_MS).with_watchdog());
+    a.wait_joined();
+    b.wait_joined();
+    dead_host.wait_joined();
+    let mut holder = b.spawn_holder(&["vm2"]).expect("acquire on B");
+    let mut on_dead = dead_host.spawn_holder(&["vm3"]).expect("acquire on host 3");
+
+    // B's own sector overwritten: B kills its holder and stops, saying why.
+    scribble_host_sector(&c.path, 2);
+    wait_long(Duration::from_secs(20), || dead(&mut holder).then_some(()))
+        .expect("B self-fences and kills its holder");
+    assert!(b.has_event("self-fence"));
+    let code = wait_long(Duration::from_secs(30), || {
+        b.daemon.as_mut().and_then(|d| d.try_wait().ok().flatten())
+    })
+    .expect("B's daemon gives up");
+    assert_eq!(code.code(), Some(1), "{}", b.log());
+    assert!(b.log().contains("never treated as free"), "{}", b.log());
+
+    // Host 3 loses power holding vm3, then its sector is overwritten: its
+    // lease stays protected however long it stands still.
+    dead_host.power_off();
+    let _ = on_dead.wait();
+    scribble_host_sector(&c.path, 3);
+    let seen = wait_long(Duration::from_secs(20), || {
+        a.host_state(3).filter(|h| h.state == "unreadable")
+    })
+    .expect("A reports host 3 unreadable");
+    assert!(seen.error.is_some());
+    std::thread::sleep(Duration::from_millis(14 * u64::from(T_MS)));
+    let refused = a.spawn_holder(&["vm3"]).expect_err("vm3 stays protected");
+    assert!(refused.contains("never treated as free"), "{refused}");
+    let dump = leasehold(&["dump", &c.path]);
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("vm3"));
+    assert!(wait_for(|| a.status()).is_some());
+}

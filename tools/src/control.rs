@@ -1,0 +1,305 @@
+//! Commands that talk to this host's leaseholdd over its control socket:
+//! status, hosts, events and the client lease operations.
+
+use crate::cli::{ClientCommand, DaemonArgs, EventsArgs, HostsArgs, RunArgs};
+use crate::exit;
+use anyhow::{anyhow, bail, Context, Result};
+use leasehold_daemon::client::Client;
+use leasehold_daemon::protocol::{ErrorKind, Event, HostStatus, Reply, Request, StatusReply};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A reply that says the request failed, kept whole for the exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DaemonRefused {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl DaemonRefused {
+    pub fn exit_code(&self) -> i32 {
+        match self.kind {
+            ErrorKind::Busy => exit::BUSY,
+            ErrorKind::NotJoined => exit::LOST,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+fn socket_path(args: &DaemonArgs) -> Result<PathBuf> {
+    if let Some(socket) = &args.socket {
+        return Ok(PathBuf::from(socket));
+    }
+    if let Some(config) = &args.config {
+        let config = leasehold_daemon::config::load(std::path::Path::new(config))?;
+        return Ok(config.socket);
+    }
+    if let Ok(socket) = std::env::var("LEASEHOLD_SOCKET") {
+        return Ok(PathBuf::from(socket));
+    }
+    Ok(PathBuf::from(leasehold_daemon::config::DEFAULT_SOCKET_PATH))
+}
+
+fn call(args: &DaemonArgs, request: &Request) -> Result<serde_json::Value> {
+    let path = socket_path(args)?;
+    let mut client = Client::connect(&path, Some(Duration::from_secs(600)))?;
+    into_result(client.call(request)?)
+}
+
+fn into_result(reply: Reply) -> Result<serde_json::Value> {
+    if reply.ok {
+        return Ok(reply.result.unwrap_or(serde_json::Value::Null));
+    }
+    let error = reply
+        .error
+        .unwrap_or(leasehold_daemon::protocol::ReplyError {
+            kind: ErrorKind::Internal,
+            message: "the daemon refused without a reason".to_string(),
+        });
+    Err(anyhow!(DaemonRefused {
+        kind: error.kind,
+        message: error.message,
+    }))
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn age(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+fn print_hosts(hosts: &[HostStatus]) {
+    println!(
+        "  {:>4}  {:<20} {:<16} {:>10} {:>6} {:>9} {:>6}",
+        "ID", "NAME", "STATE", "UNCHANGED", "GEN", "MEM_FREE", "VCPUS"
+    );
+    for h in hosts {
+        let mut state = h.state.clone();
+        if h.incident {
+            state.push_str(" (incident)");
+        }
+        if h.this_host {
+            state.push_str(" *");
+        }
+        println!(
+            "  {:>4}  {:<20} {:<16} {:>10} {:>6} {:>9} {:>6}",
+            h.host_id,
+            h.name,
+            state,
+            age(h.unchanged_for_ms),
+            h.generation,
+            h.memory_mib_free,
+            h.vcpus_free
+        );
+        if let Some(error) = &h.error {
+            println!("        unusable: {error}");
+        }
+    }
+}
+
+pub fn status(args: &DaemonArgs) -> Result<()> {
+    let value = call(args, &Request::Status {})?;
+    if args.json {
+        return print_json(&value);
+    }
+    let status: StatusReply = serde_json::from_value(value).context("unexpected status reply")?;
+    println!(
+        "host {} ({}), leaseholdd pid {}, watchdog {}",
+        status.host_id,
+        status.host_name,
+        status.pid,
+        status.watchdog.as_deref().unwrap_or("none")
+    );
+    for space in &status.lockspaces {
+        println!(
+            "lockspace {} on {}: {}, generation {}, last renewal {} ago, {} renewal failure(s){}",
+            space.name,
+            space.device,
+            space.state,
+            space.generation,
+            space
+                .last_renewal_age_ms
+                .map(age)
+                .unwrap_or_else(|| "-".to_string()),
+            space.renewal_failures,
+            if space.storage_incident {
+                ", STORAGE INCIDENT"
+            } else {
+                ""
+            }
+        );
+        print_hosts(&space.hosts);
+        if space.resources.is_empty() {
+            println!("  no resource leases held");
+        }
+        for r in &space.resources {
+            println!(
+                "  holds {} (slot {}, lver {}) for pid {}",
+                r.name, r.slot, r.lver, r.pid
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn hosts(args: &HostsArgs) -> Result<()> {
+    let value = call(
+        &args.daemon,
+        &Request::Hosts {
+            lockspace: args.lockspace.clone(),
+        },
+    )?;
+    if args.daemon.json {
+        return print_json(&value);
+    }
+    let hosts: Vec<HostStatus> = serde_json::from_value(value).context("unexpected hosts reply")?;
+    print_hosts(&hosts);
+    Ok(())
+}
+
+pub fn events(args: &EventsArgs) -> Result<()> {
+    let value = call(
+        &args.daemon,
+        &Request::Events {
+            count: Some(args.count),
+        },
+    )?;
+    if args.daemon.json {
+        return print_json(&value);
+    }
+    let events: Vec<Event> = serde_json::from_value(value).context("unexpected events reply")?;
+    for e in events {
+        println!(
+            "{} host {} {} {}: {}",
+            e.time, e.host_id, e.lockspace, e.kind, e.message
+        );
+    }
+    Ok(())
+}
+
+fn print_result(args: &DaemonArgs, value: &serde_json::Value, text: String) -> Result<()> {
+    if args.json {
+        print_json(value)
+    } else {
+        println!("{text}");
+        Ok(())
+    }
+}
+
+pub fn client(command: &ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::Register(a) => {
+            let v = call(&a.daemon, &Request::Register { pid: a.pid })?;
+            print_result(&a.daemon, &v, format!("registered pid {}", a.pid))
+        }
+        ClientCommand::Unregister(a) => {
+            let v = call(&a.daemon, &Request::Unregister { pid: a.pid })?;
+            print_result(&a.daemon, &v, format!("unregistered pid {}", a.pid))
+        }
+        ClientCommand::Acquire(a) => {
+            let v = call(
+                &a.daemon,
+                &Request::Acquire {
+                    lockspace: a.lockspace.clone(),
+                    resource: a.resource.clone(),
+                    pid: a.pid,
+                },
+            )?;
+            let text = format!(
+                "acquired {} for pid {} (slot {}, lver {})",
+                a.resource, a.pid, v["slot"], v["lver"]
+            );
+            print_result(&a.daemon, &v, text)
+        }
+        ClientCommand::Release(a) => {
+            let v = call(
+                &a.daemon,
+                &Request::Release {
+                    lockspace: a.lockspace.clone(),
+                    resource: a.resource.clone(),
+                    pid: a.pid,
+                },
+            )?;
+            let text = format!("released {} (lver {})", a.resource, v["lver"]);
+            print_result(&a.daemon, &v, text)
+        }
+        ClientCommand::Inquire(a) => {
+            let v = call(
+                &a.daemon,
+                &Request::Inquire {
+                    lockspace: a.lockspace.clone(),
+                    resource: a.resource.clone(),
+                },
+            )?;
+            let text = match v["holder_host_id"].as_u64() {
+                Some(host) => format!(
+                    "{} is held by host {} ({}) generation {}, lver {}",
+                    a.resource,
+                    host,
+                    v["holder_host_name"].as_str().unwrap_or("?"),
+                    v["holder_generation"],
+                    v["lver"]
+                ),
+                None => format!("{} is free (lver {})", a.resource, v["lver"]),
+            };
+            print_result(&a.daemon, &v, text)
+        }
+        ClientCommand::Run(a) => run(a),
+        ClientCommand::AddLockspace(a) => {
+            let v = call(
+                &a.daemon,
+                &Request::AddLockspace {
+                    name: a.name.clone(),
+                    device: a.device.clone(),
+                    io_timeout_ms: a.io_timeout_ms,
+                },
+            )?;
+            print_result(
+                &a.daemon,
+                &v,
+                format!("joined lockspace {} on {}", a.name, a.device),
+            )
+        }
+        ClientCommand::RemoveLockspace(a) => {
+            let v = call(
+                &a.daemon,
+                &Request::RemoveLockspace {
+                    name: a.name.clone(),
+                },
+            )?;
+            print_result(&a.daemon, &v, format!("left lockspace {}", a.name))
+        }
+    }
+}
+
+/// Register this process, acquire every resource, then exec the command:
+/// the pid (and so the leases) pass to it.
+fn run(args: &RunArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let pid = i32::try_from(std::process::id()).context("pid out of range")?;
+    let path = socket_path(&args.daemon)?;
+    let mut client = Client::connect(&path, Some(Duration::from_secs(600)))?;
+    into_result(client.call(&Request::Register { pid })?)?;
+    for resource in &args.resources {
+        into_result(client.call(&Request::Acquire {
+            lockspace: args.lockspace.clone(),
+            resource: resource.clone(),
+            pid,
+        })?)
+        .with_context(|| format!("cannot acquire {resource}"))?;
+    }
+    drop(client);
+    let Some((program, rest)) = args.command.split_first() else {
+        bail!("no command given after --");
+    };
+    let error = std::process::Command::new(program).args(rest).exec();
+    Err(anyhow!("cannot run {program}: {error}"))
+}
