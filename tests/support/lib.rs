@@ -168,7 +168,28 @@ pub struct PausableDevice {
 }
 
 impl PausableDevice {
+    /// A fresh in-memory disk of `size_bytes`.
     pub fn start(size_bytes: u64) -> PausableDevice {
+        PausableDevice::launch(&["memory".to_string(), size_bytes.to_string()])
+    }
+
+    /// Another path to the existing file `backing`: what one host sees of
+    /// shared storage, pausable (a hang) and failable (EIO) for that host
+    /// alone while the others use the file directly.
+    pub fn over_file(backing: &str) -> PausableDevice {
+        PausableDevice::launch(&["file".to_string(), backing.to_string()])
+    }
+
+    /// Make every I/O fail with EIO until `heal`.
+    pub fn fail(&self) {
+        std::fs::write(self.dir.path.join("inject-eio"), b"").expect("create error trigger");
+    }
+
+    pub fn heal(&self) {
+        let _ = std::fs::remove_file(self.dir.path.join("inject-eio"));
+    }
+
+    fn launch(plugin: &[String]) -> PausableDevice {
         let dir = Scratch::new("nbd");
         let socket = dir.file("nbd.sock");
         let control = dir.file("pause.sock");
@@ -181,17 +202,21 @@ impl PausableDevice {
             nbdkit_pid: None,
             loop_device: None,
         };
+        let trigger = dir_path_join(&device.dir.path, "inject-eio");
         let status = Command::new("nbdkit")
             .args([
                 "--unix",
                 &socket,
                 "--pidfile",
                 &pidfile,
+                "--filter=error",
                 "--filter=pause",
-                "memory",
             ])
-            .arg(size_bytes.to_string())
+            .args(plugin)
             .arg(format!("pause-control={control}"))
+            .arg("error=EIO")
+            .arg("error-rate=100%")
+            .arg(format!("error-file={trigger}"))
             .status()
             .expect("run nbdkit (apt-get install nbdkit)");
         assert!(status.success(), "nbdkit failed to start");
@@ -258,6 +283,10 @@ impl Drop for PausableDevice {
             }
         }
     }
+}
+
+fn dir_path_join(dir: &Path, name: &str) -> String {
+    dir.join(name).to_string_lossy().into_owned()
 }
 
 /// Poll `f` every 50 ms for up to 20 s.

@@ -1,0 +1,186 @@
+//! Storage faults under running daemons, through nbdkit (error and pause
+//! filters) -> nbdfuse -> loop: one host's path fails (EIO) or hangs while
+//! the others see the device fine; or the whole device stalls for everyone.
+
+use leasehold_tests::daemon::{Host, HostSpec};
+use leasehold_tests::{leasehold_ok, sparse_file, LoopDevice, PausableDevice, Scratch};
+use std::time::{Duration, Instant};
+
+const T_MS: u32 = 500;
+
+fn format(path: &str) {
+    leasehold_ok(&[
+        "format",
+        path,
+        "--lockspace",
+        "test",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "16",
+        "--io-timeout",
+        "0.5",
+    ]);
+}
+
+fn wait_long<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+fn dead(child: &mut std::process::Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
+enum Fault {
+    Eio,
+    Hang,
+}
+
+/// Hosts 1 and 2 use the shared file through a loop device; host 3 (with a
+/// watchdog and a lease holder) through its own faultable path.
+fn one_host_loses_its_storage(fault: Fault) {
+    let scratch = Scratch::new("hostfault");
+    let backing = scratch.file("lease.img");
+    sparse_file(&backing, 8 << 20);
+    let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    format(&shared.path);
+    let path3 = PausableDevice::over_file(&backing);
+    let a = Host::start(&scratch.path, HostSpec::new(1, &shared.path, T_MS));
+    let b = Host::start(&scratch.path, HostSpec::new(2, &shared.path, T_MS));
+    let c = Host::start(
+        &scratch.path,
+        HostSpec::new(3, path3.path(), T_MS).with_watchdog(),
+    );
+    for h in [&a, &b, &c] {
+        h.wait_joined();
+    }
+    let mut holder = c.spawn_holder(&["vm3"]).expect("acquire on host 3");
+    wait_long(Duration::from_secs(20), || {
+        a.host_state(3).filter(|h| h.state == "live")
+    })
+    .expect("host 1 sees host 3 live");
+    let generation = c.wait_joined().lockspaces[0].generation;
+
+    match fault {
+        Fault::Eio => path3.fail(),
+        Fault::Hang => path3.pause(),
+    }
+    let started = Instant::now();
+    // Host 3 kills its holder once its renewal deadline passes; nobody may
+    // take vm3 before that.
+    let mut taken_at = None;
+    while started.elapsed() < Duration::from_secs(40) {
+        let holder_gone = dead(&mut holder);
+        if let Ok(mut child) = a.spawn_holder(&["vm3"]) {
+            assert!(holder_gone, "vm3 taken while host 3's holder ran");
+            taken_at = Some(started.elapsed());
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(taken_at.is_some(), "host 1 takes vm3 by the watchdog rule");
+    assert!(dead(&mut holder));
+    assert!(c.has_event("self-fence"), "{}", c.log());
+    // Its holders died in time, so its watchdog never had to fire.
+    assert!(c.emulator_said("fired").is_none());
+    for h in [&a, &b] {
+        let status = h.status().expect("status");
+        assert_eq!(status.lockspaces[0].renewal_failures, 0, "{}", h.log());
+        assert!(h.has_event("host-silent") || h.has_event("host-dead"));
+    }
+    // The path comes back: host 3 joins again with a new generation.
+    match fault {
+        Fault::Eio => path3.heal(),
+        Fault::Hang => path3.resume(),
+    }
+    let rejoined = wait_long(Duration::from_secs(40), || {
+        c.status().filter(|s| {
+            s.lockspaces[0].state == "joined" && s.lockspaces[0].generation > generation
+        })
+    });
+    assert!(rejoined.is_some(), "host 3 rejoins; log:\n{}", c.log());
+    wait_long(Duration::from_secs(20), || {
+        a.host_state(3).filter(|h| h.state == "live")
+    })
+    .expect("host 1 sees host 3 live again");
+}
+
+#[test]
+fn a_host_whose_storage_fails_with_eio_self_fences_and_the_others_carry_on() {
+    one_host_loses_its_storage(Fault::Eio);
+}
+
+#[test]
+fn a_host_whose_storage_hangs_self_fences_and_the_others_carry_on() {
+    one_host_loses_its_storage(Fault::Hang);
+}
+
+#[test]
+fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
+    let scratch = Scratch::new("stall");
+    let device = PausableDevice::start(8 << 20);
+    format(device.path());
+    let hosts: Vec<Host> = (1..=3)
+        .map(|id| Host::start(&scratch.path, HostSpec::new(id, device.path(), T_MS)))
+        .collect();
+    for h in &hosts {
+        h.wait_joined();
+    }
+    for h in &hosts {
+        wait_long(Duration::from_secs(20), || {
+            let hosts = h.hosts();
+            (hosts.iter().filter(|x| x.state == "live").count() == 3).then_some(())
+        })
+        .expect("everyone live");
+    }
+    let mut holder = hosts[0].spawn_holder(&["vm1"]).expect("acquire");
+    device.pause();
+    // Three expiry times (3 x 8T) of no storage at all.
+    let stall = Duration::from_millis(3 * 8 * u64::from(T_MS));
+    let started = Instant::now();
+    while started.elapsed() < stall {
+        for h in &hosts {
+            // The socket answers throughout.
+            let status = h.status().expect("status while the device hangs");
+            for seen in &status.lockspaces[0].hosts {
+                assert!(
+                    seen.state != "silent" && seen.state != "dead",
+                    "{} declared host {} {} during a whole-device stall",
+                    h.spec.name,
+                    seen.host_id,
+                    seen.state
+                );
+            }
+        }
+        assert!(!dead(&mut holder), "a holder was killed in fence mode");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    device.resume();
+    for h in &hosts {
+        wait_long(Duration::from_secs(30), || {
+            let status = h.status()?;
+            let space = status.lockspaces.into_iter().next()?;
+            (space.state == "joined"
+                && space.hosts.iter().filter(|x| x.state == "live").count() == 3)
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} did not recover; log:\n{}", h.spec.name, h.log()));
+        assert!(!h.has_event("host-silent"), "{}", h.log());
+        assert!(!h.has_event("self-fence"), "{}", h.log());
+        assert!(h.has_event("renewal-failed"));
+    }
+    assert!(!dead(&mut holder));
+    // The lease is still held by host 1, generation unchanged.
+    assert!(hosts[1].spawn_holder(&["vm1"]).is_err());
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
