@@ -429,3 +429,62 @@ fn an_overwritten_host_sector_makes_its_owner_self_fence_and_others_never_treat_
     assert!(String::from_utf8_lossy(&dump.stdout).contains("vm3"));
     assert!(wait_for(|| a.status()).is_some());
 }
+
+#[test]
+fn a_crashed_daemon_is_taken_over_by_the_next_one_without_losing_holders() {
+    let c = cluster("crash");
+    let mut a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS).with_watchdog());
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
+    let generation = a.wait_joined().lockspaces[0].generation;
+    a.kill9();
+    a.start_daemon();
+    let status = a.wait_joined();
+    assert_eq!(status.lockspaces[0].generation, generation);
+    assert_eq!(status.lockspaces[0].resources.len(), 1);
+    assert!(!dead(&mut holder));
+    assert!(a.emulator_said("fired").is_none());
+    // Its exit is still noticed by the new daemon.
+    holder.kill().expect("kill");
+    holder.wait().expect("reap");
+    wait_long(Duration::from_secs(10), || {
+        a.status().filter(|s| s.lockspaces[0].resources.is_empty())
+    })
+    .expect("the new daemon released the lease of the exited holder");
+    let mut on_b = b.spawn_holder(&["vm1"]).expect("B acquires");
+    let _ = on_b.kill();
+    let _ = on_b.wait();
+}
+
+#[test]
+fn after_a_reboot_the_earlier_generation_is_declared_over() {
+    let c = cluster("reboot");
+    let mut a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
+    a.power_off();
+    let _ = holder.wait();
+    // Without a fence device B cannot take vm1: A might only be paused.
+    std::thread::sleep(Duration::from_millis(14 * u64::from(T_MS)));
+    assert!(b.spawn_holder(&["vm1"]).is_err());
+    // A comes back after a reboot (its state file names another boot).
+    let state = a.dir.join("state").join("state.json");
+    let text = std::fs::read_to_string(&state).expect("state file");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    json["boot_id"] = serde_json::Value::from("an-earlier-boot");
+    std::fs::write(&state, json.to_string()).expect("write");
+    a.boot();
+    a.wait_joined();
+    wait_long(Duration::from_secs(10), || {
+        a.has_event("floor-raised").then_some(())
+    })
+    .expect("A declares its earlier generation over");
+    let mut on_b = wait_long(Duration::from_secs(10), || b.spawn_holder(&["vm1"]).ok())
+        .expect("B takes vm1 at once");
+    let _ = on_b.kill();
+    let _ = on_b.wait();
+}

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasehold/leasehold.toml";
 pub const DEFAULT_SOCKET_PATH: &str = "/run/leasehold/leaseholdd.sock";
 pub const DEFAULT_RUN_DIR: &str = "/run/leasehold";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/leasehold";
 pub const DEFAULT_EVENT_LOG: &str = "/var/lib/leasehold/events.jsonl";
 pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 /// Share of hosts that may go silent within one expiry window before it is
@@ -91,6 +92,7 @@ struct FileLibvirt {
 #[serde(deny_unknown_fields)]
 struct FilePaths {
     run_dir: Option<String>,
+    state_dir: Option<String>,
     event_log: Option<String>,
     secrets: Option<String>,
 }
@@ -229,6 +231,9 @@ pub struct Config {
     pub watchdog_device: Option<PathBuf>,
     pub libvirt_uri: String,
     pub run_dir: PathBuf,
+    /// Survives reboots: the state file (holders to take over, and the boot
+    /// they ran in).
+    pub state_dir: PathBuf,
     pub event_log: PathBuf,
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
@@ -417,6 +422,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         "paths.run_dir",
         raw.paths.run_dir.as_deref().unwrap_or(DEFAULT_RUN_DIR),
     )?;
+    let state_dir = check.absolute(
+        "paths.state_dir",
+        raw.paths.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR),
+    )?;
     let event_log = check.absolute(
         "paths.event_log",
         raw.paths.event_log.as_deref().unwrap_or(DEFAULT_EVENT_LOG),
@@ -545,6 +554,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         watchdog_device,
         libvirt_uri,
         run_dir,
+        state_dir,
         event_log,
         memory_mib: raw.capacity.memory_mib,
         vcpus: raw.capacity.vcpus,

@@ -19,12 +19,15 @@ pub struct Context {
     /// Lockspaces added at run time (persisted so a restart rejoins them).
     pub added: Mutex<BTreeSet<String>>,
     pub state_path: PathBuf,
+    /// This host rebooted since the last daemon ran: every earlier
+    /// generation is over (raised as the floor at the first renewal).
+    pub rebooted: std::sync::atomic::AtomicBool,
     persist_lock: Mutex<()>,
 }
 
 impl Context {
     pub fn new(config: Config, events: EventLog) -> Context {
-        let state_path = config.run_dir.join("state.json");
+        let state_path = config.state_dir.join("state.json");
         Context {
             config,
             events,
@@ -32,6 +35,7 @@ impl Context {
             spaces: Mutex::new(BTreeMap::new()),
             added: Mutex::new(BTreeSet::new()),
             state_path,
+            rebooted: std::sync::atomic::AtomicBool::new(false),
             persist_lock: Mutex::new(()),
         }
     }

@@ -64,6 +64,12 @@ pub fn space_config(
 /// Hold the run directory's lock file for the daemon's lifetime: a second
 /// daemon for the same host (or a stopped old one still alive) is refused.
 fn lock_run_dir(config: &Config) -> Result<std::fs::File> {
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     std::fs::create_dir_all(&config.run_dir).with_context(|| {
         format!(
             "cannot create the run directory {}",
@@ -98,7 +104,21 @@ fn lock_run_dir(config: &Config) -> Result<std::fs::File> {
 /// What the state file lets us take over, per lockspace.
 fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, Takeover)> {
     let state = match statefile::read(&context.state_path) {
-        Ok(Some(state)) if state.host_id == context.config.host_id => state,
+        Ok(statefile::Previous::ThisBoot(state)) if state.host_id == context.config.host_id => {
+            state
+        }
+        Ok(statefile::Previous::EarlierBoot) => {
+            context.events.emit(
+                Level::Info,
+                &context.config.lockspace,
+                "rebooted",
+                "the state file is from an earlier boot: nothing of this host's earlier generations runs, their leases are declared over at the first renewal",
+            );
+            context
+                .rebooted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return BTreeMap::new();
+        }
         Ok(_) => return BTreeMap::new(),
         Err(e) => {
             context.events.emit(

@@ -551,6 +551,10 @@ impl Space {
         let span = tracing::info_span!("lockspace", host = self.config.host_id.get(), lockspace = %self.config.name);
         let _entered = span.enter();
         let mut takeover = takeover;
+        let mut raise_floor = self
+            .context
+            .rebooted
+            .load(std::sync::atomic::Ordering::SeqCst);
         loop {
             let Some((disk, space, lease)) = self.join_loop(takeover.take()) else {
                 return;
@@ -583,7 +587,7 @@ impl Space {
                 ),
             );
             self.context.persist();
-            if !self.renew_loop(disk.as_ref(), &space) {
+            if !self.renew_loop(disk.as_ref(), &space, raise_floor) {
                 return;
             }
             // Self-fenced: wait for the holders to die, release what we
@@ -592,12 +596,22 @@ impl Space {
             if self.stopping() {
                 return;
             }
+            raise_floor = true;
             self.set_phase(Phase::Joining);
         }
     }
 
     /// Renew until stopped (false) or self-fenced (true).
-    fn renew_loop(&self, disk: &dyn lease::disk::Disk, space: &Lockspace) -> bool {
+    /// `raise_floor`: nothing of our earlier generations runs (this host
+    /// rebooted, or every holder was confirmed dead after a self-fence):
+    /// the first renewal says so on disk, so their leases can be taken at
+    /// once instead of after a fence.
+    fn renew_loop(
+        &self,
+        disk: &dyn lease::disk::Disk,
+        space: &Lockspace,
+        mut raise_floor: bool,
+    ) -> bool {
         let mut advertised = self.capacity();
         loop {
             let (lease, next_ms) = {
@@ -626,11 +640,22 @@ impl Space {
             let request = RenewRequest {
                 scan: true,
                 capacity: (capacity != advertised).then_some(capacity),
-                raise_floor: false,
+                raise_floor,
             };
             match run(delta::renew(space, &lease, request), disk, &clock()) {
                 Ok(renewal) => {
                     advertised = capacity;
+                    if raise_floor {
+                        raise_floor = false;
+                        self.emit(
+                            Level::Info,
+                            "floor-raised",
+                            format!(
+                                "generations below {} declared over: none of their processes runs",
+                                renewal.lease.record.generation
+                            ),
+                        );
+                    }
                     let mut transitions = Vec::new();
                     let recovered;
                     {

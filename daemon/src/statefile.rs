@@ -61,20 +61,31 @@ pub fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-/// The state a previous daemon of this boot left, if any. A file that does
-/// not parse is reported and ignored: its holders cannot be trusted.
-pub fn read(path: &Path) -> Result<Option<StateFile>, String> {
+/// What a previous daemon left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Previous {
+    /// No state file: a first start, or the last daemon left cleanly.
+    Nothing,
+    /// A daemon of this boot: its holders may still run.
+    ThisBoot(StateFile),
+    /// A daemon of an earlier boot: nothing it started runs any more.
+    EarlierBoot,
+}
+
+/// Read the state file. A file that does not parse is an error: its
+/// holders can be neither trusted nor ruled out.
+pub fn read(path: &Path) -> Result<Previous, String> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Previous::Nothing),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let state: StateFile = serde_json::from_slice(&text)
         .map_err(|e| format!("{}: not a valid state file: {e}", path.display()))?;
     if state.boot_id != boot_id() {
-        return Ok(None);
+        return Ok(Previous::EarlierBoot);
     }
-    Ok(Some(state))
+    Ok(Previous::ThisBoot(state))
 }
 
 pub fn remove(path: &Path) {
@@ -112,11 +123,15 @@ mod tests {
                 start_time: 5,
             }],
         };
+        assert_eq!(read(&path).expect("read"), Previous::Nothing);
         write(&path, &state).expect("write");
-        assert_eq!(read(&path).expect("read"), Some(state.clone()));
+        assert_eq!(
+            read(&path).expect("read"),
+            Previous::ThisBoot(state.clone())
+        );
         state.boot_id = "another-boot".to_string();
         write(&path, &state).expect("write");
-        assert_eq!(read(&path).expect("read"), None);
+        assert_eq!(read(&path).expect("read"), Previous::EarlierBoot);
         std::fs::write(&path, b"{").expect("write");
         assert!(read(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -82,13 +82,14 @@ impl Host {
             String::new()
         };
         let text = format!(
-            "[host]\nid = {id}\nname = \"{name}\"\n\n[lockspace]\nname = \"test\"\ndevice = \"{device}\"\nio_timeout_ms = {t}\n\n[control]\nsocket = \"{socket}\"\n\n[paths]\nrun_dir = \"{run}\"\nevent_log = \"{events}\"\n\n{watchdog}{extra}\n",
+            "[host]\nid = {id}\nname = \"{name}\"\n\n[lockspace]\nname = \"test\"\ndevice = \"{device}\"\nio_timeout_ms = {t}\n\n[control]\nsocket = \"{socket}\"\n\n[paths]\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\nevent_log = \"{events}\"\n\n{watchdog}{extra}\n",
             id = spec.id,
             name = spec.name,
             device = spec.device,
             t = spec.io_timeout_ms,
             socket = socket.display(),
             run = dir.join("run").display(),
+            state = dir.join("state").display(),
             events = dir.join("events.jsonl").display(),
             extra = spec.extra,
         );
