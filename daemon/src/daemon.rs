@@ -361,7 +361,8 @@ fn shutdown(context: &Arc<Context>) -> bool {
 }
 
 /// Several times per io_timeout: self-fence watchdog hosts past their
-/// deadline, and pet the watchdogs while every lockspace is healthy.
+/// deadline, pet the watchdog device while every lockspace is healthy, and
+/// tell systemd we live while every renewal thread keeps turning.
 fn guard_thread(
     context: &Arc<Context>,
     watchdog: &Arc<Mutex<Option<Watchdog>>>,
@@ -389,6 +390,13 @@ fn guard_thread(
                 }
             }
             drop(guard);
+        }
+        // systemd's watchdog watches the daemon, not the storage: a daemon
+        // restarted during a storage stall could not take over its holders.
+        if spaces
+            .iter()
+            .all(|space| space.renewal_thread_turning(now_ms))
+        {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         }
         let armed = context.config.watchdog_device.is_some();

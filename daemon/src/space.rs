@@ -153,6 +153,9 @@ pub struct Space {
     /// Signalled whenever the phase changes.
     phase_changed: Condvar,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Our clock when the renewal thread last finished an attempt, good or
+    /// bad: proof that it is not wedged (for systemd's watchdog).
+    last_attempt_ms: std::sync::atomic::AtomicU64,
 }
 
 fn clock() -> SystemClock {
@@ -185,6 +188,7 @@ impl Space {
             stop: (Mutex::new(false), Condvar::new()),
             phase_changed: Condvar::new(),
             threads: Mutex::new(Vec::new()),
+            last_attempt_ms: std::sync::atomic::AtomicU64::new(clock().now_ms()),
         });
         let renewal = Arc::clone(&space);
         let renewal = std::thread::Builder::new()
@@ -342,6 +346,18 @@ impl Space {
         holds || self.context.holders.all_exited(&self.config.name)
     }
 
+    /// Is the renewal thread alive and turning (whatever the storage
+    /// says)? A thread stuck in an I/O for 10 io_timeouts is not.
+    pub fn renewal_thread_turning(&self, now_ms: u64) -> bool {
+        if self.lock().phase != Phase::Joined {
+            return true;
+        }
+        let last = self
+            .last_attempt_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        now_ms.saturating_sub(last) <= 10 * u64::from(self.config.io_timeout_ms)
+    }
+
     /// Called often by the guard thread: a watchdog host whose renewal
     /// deadline passed kills its holders at once, not at the next renewal
     /// attempt.
@@ -425,6 +441,9 @@ impl Space {
             if self.stopping() {
                 return None;
             }
+            // A takeover that failed on an I/O error is tried again: its
+            // holders must be killed before any fresh join.
+            let pending = takeover.clone();
             let attempt = self.open().and_then(|(disk, space)| {
                 let lease = match takeover.take() {
                     Some(previous) => self.try_takeover(disk.as_ref(), &space, previous)?,
@@ -454,6 +473,7 @@ impl Space {
                     return None;
                 }
                 Err(error) => {
+                    takeover = pending;
                     self.emit(
                         Level::Warn,
                         "join-retry",
@@ -642,7 +662,10 @@ impl Space {
                 capacity: (capacity != advertised).then_some(capacity),
                 raise_floor,
             };
-            match run(delta::renew(space, &lease, request), disk, &clock()) {
+            let result = run(delta::renew(space, &lease, request), disk, &clock());
+            self.last_attempt_ms
+                .store(clock().now_ms(), std::sync::atomic::Ordering::SeqCst);
+            match result {
                 Ok(renewal) => {
                     advertised = capacity;
                     if raise_floor {
