@@ -290,12 +290,13 @@ async fn wait_for_end(context: &Arc<Context>, primary: &Arc<Space>) -> Result<i3
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut ready = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(0),
             _ = int.recv() => return Ok(0),
-            _ = tick.tick() => {
+            // Every 50 ms until READY, then every second.
+            _ = tokio::time::sleep(Duration::from_millis(if ready { 1000 } else { 50 })) => {
                 let phase = primary.lock().phase.clone();
                 match phase {
                     Phase::Joined if !ready => {
@@ -370,7 +371,13 @@ fn guard_thread(
 ) {
     let span = tracing::info_span!("guard", host = context.config.host_id, lockspace = %context.config.lockspace);
     let _entered = span.enter();
-    let tick_ms = (u64::from(context.config.io_timeout_ms) / 4).clamp(25, 1000);
+    // Fast ticks matter only where a missed deadline must kill holders
+    // before the watchdog fires; otherwise once a second feeds systemd.
+    let tick_ms = if context.config.watchdog_device.is_some() {
+        (u64::from(context.config.io_timeout_ms) / 4).clamp(25, 1000)
+    } else {
+        1000
+    };
     let mut petting = true;
     while !stop.load(Ordering::SeqCst) {
         let now_ms = SystemClock.now_ms();
