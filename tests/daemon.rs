@@ -488,3 +488,157 @@ fn after_a_reboot_the_earlier_generation_is_declared_over() {
     let _ = on_b.kill();
     let _ = on_b.wait();
 }
+
+#[test]
+fn a_second_lockspace_can_be_added_used_and_removed() {
+    let c = cluster("addls");
+    let second = Scratch::new("addls2");
+    let backing = second.file("second.img");
+    sparse_file(&backing, 8 << 20);
+    let device2 = LoopDevice::attach(&backing, 512).expect("loop device");
+    leasehold_ok(&[
+        "format",
+        &device2.path,
+        "--lockspace",
+        "other",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "4",
+        "--io-timeout",
+        "0.5",
+    ]);
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    a.wait_joined();
+    let socket = a.socket.to_string_lossy().into_owned();
+    // A wrong lockspace name on the device is refused, with the reason.
+    let wrong = leasehold(&[
+        "client",
+        "add-lockspace",
+        "nope",
+        &device2.path,
+        "--socket",
+        &socket,
+    ]);
+    assert!(!wrong.status.success());
+    leasehold_ok(&[
+        "client",
+        "add-lockspace",
+        "other",
+        &device2.path,
+        "--socket",
+        &socket,
+    ]);
+    let status = a.status().expect("status");
+    assert_eq!(status.lockspaces.len(), 2);
+    let mut holder = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("sleep");
+    let pid = holder.id().to_string();
+    leasehold_ok(&["client", "register", "--pid", &pid, "--socket", &socket]);
+    leasehold_ok(&[
+        "client",
+        "acquire",
+        "vmx",
+        "--pid",
+        &pid,
+        "--lockspace",
+        "other",
+        "--socket",
+        &socket,
+    ]);
+    let busy = leasehold(&["client", "remove-lockspace", "other", "--socket", &socket]);
+    assert!(
+        !busy.status.success(),
+        "removal refused while a lease is held"
+    );
+    leasehold_ok(&[
+        "client",
+        "release",
+        "vmx",
+        "--pid",
+        &pid,
+        "--lockspace",
+        "other",
+        "--socket",
+        &socket,
+    ]);
+    leasehold_ok(&["client", "remove-lockspace", "other", "--socket", &socket]);
+    assert_eq!(a.status().expect("status").lockspaces.len(), 1);
+    let dump = leasehold_ok(&["dump", &device2.path, "--json"]);
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    let flags = dump["hosts"][0]["flags"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        flags.contains(&serde_json::Value::from("released")),
+        "{dump}"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn status_hosts_and_events_commands_show_the_daemon() {
+    let c = cluster("cli");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    wait_long(Duration::from_secs(20), || {
+        all_live(&a, &[1, 2]).then_some(())
+    })
+    .expect("A sees both live");
+    let mut holder = a.spawn_holder(&["vm7"]).expect("acquire");
+    let socket = a.socket.to_string_lossy().into_owned();
+    let text = leasehold_ok(&["status", "--socket", &socket]);
+    assert!(text.contains("host 1 (host1)"), "{text}");
+    assert!(text.contains("host2"), "{text}");
+    assert!(text.contains("holds vm7"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&leasehold_ok(&["status", "--json", "--socket", &socket]))
+            .expect("json");
+    assert_eq!(json["lockspaces"][0]["resources"][0]["name"], "vm7");
+    let hosts = leasehold_ok(&["hosts", "--socket", &socket]);
+    assert!(hosts.contains("live"), "{hosts}");
+    let events = leasehold_ok(&["events", "--socket", &socket, "-n", "100"]);
+    assert!(events.contains("joined"), "{events}");
+    assert!(events.contains("acquired vm7"), "{events}");
+    // --config finds the socket too.
+    let config = a.config.to_string_lossy().into_owned();
+    let inquire = leasehold_ok(&["client", "inquire", "vm7", "--config", &config]);
+    assert!(inquire.contains("held by host 1 (host1)"), "{inquire}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn systemd_hears_ready_and_watchdog_keepalives() {
+    let c = cluster("notify");
+    let notify = c.root.join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).expect("bind notify socket");
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut spec = HostSpec::new(1, &c.path, T_MS);
+    spec.env.push((
+        "NOTIFY_SOCKET".to_string(),
+        notify.to_string_lossy().into_owned(),
+    ));
+    let a = Host::start(&c.root, spec);
+    let mut seen = String::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        if let Ok(n) = listener.recv(&mut buffer) {
+            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            seen.push('\n');
+        }
+    }
+    assert!(seen.contains("READY=1"), "{seen}");
+    assert!(seen.contains("STATUS=joined test as host 1"), "{seen}");
+    assert!(seen.contains("WATCHDOG=1"), "{seen}");
+    drop(a);
+}

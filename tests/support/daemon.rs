@@ -23,6 +23,8 @@ pub struct HostSpec {
     pub watchdog: bool,
     /// Extra TOML appended to the generated configuration.
     pub extra: String,
+    /// Extra environment of the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl HostSpec {
@@ -34,6 +36,7 @@ impl HostSpec {
             io_timeout_ms,
             watchdog: false,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -161,6 +164,7 @@ impl Host {
         let daemon = Command::new(leaseholdd_bin())
             .arg("--config")
             .arg(&self.config)
+            .envs(self.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .process_group(self.pgid())
