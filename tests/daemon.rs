@@ -3,8 +3,10 @@
 //! restart, and bad input on every door.
 
 use leasehold_daemon::protocol::{ErrorKind, Request};
-use leasehold_tests::daemon::{Host, HostSpec};
-use leasehold_tests::{leasehold, leasehold_ok, sparse_file, wait_for, LoopDevice, Scratch};
+use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
+use leasehold_tests::{
+    dead, leasehold, leasehold_ok, sparse_file, wait_for, wait_long, LoopDevice, Scratch,
+};
 use std::time::{Duration, Instant};
 
 /// io_timeout for these tests: expiry 8T = 4 s, host_dead 12T = 6 s.
@@ -23,18 +25,7 @@ fn cluster(label: &str) -> Cluster {
     sparse_file(&backing, 8 << 20);
     let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
     let path = device.path.clone();
-    leasehold_ok(&[
-        "format",
-        &path,
-        "--lockspace",
-        "test",
-        "--max-hosts",
-        "8",
-        "--max-resources",
-        "16",
-        "--io-timeout",
-        "0.5",
-    ]);
+    format_test_device(&path);
     Cluster {
         root: scratch.path.clone(),
         _scratch: scratch,
@@ -43,15 +34,15 @@ fn cluster(label: &str) -> Cluster {
     }
 }
 
-fn wait_long<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
+/// Host 1 with a watchdog holding vm1, and host 2, both joined.
+fn watchdog_host_with_holder(c: &Cluster) -> (Host, Host, std::process::Child, u64) {
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS).with_watchdog());
+    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
+    a.wait_joined();
+    b.wait_joined();
+    let holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
+    let generation = a.wait_joined().lockspaces[0].generation;
+    (a, b, holder, generation)
 }
 
 fn all_live(host: &Host, ids: &[u32]) -> bool {
@@ -64,10 +55,11 @@ fn all_live(host: &Host, ids: &[u32]) -> bool {
 fn three_daemons_see_each_other_and_a_killed_one_goes_silent_after_expiry_only() {
     let c = cluster("three");
     let mut hosts: Vec<Host> = (1..=3)
-        .map(|id| Host::start(&c.root, HostSpec::new(id, &c.path, T_MS)))
+        .map(|id| Host::start(&c.root, HostSpec::new(id, &c.path, T_MS).with_watchdog()))
         .collect();
     for h in &hosts {
         h.wait_joined();
+        assert!(h.emulator_said("armed").is_some());
     }
     for h in &hosts {
         assert!(
@@ -136,15 +128,10 @@ fn a_lease_is_bound_to_its_process_and_refused_elsewhere() {
     // The holder exits: its lease is released and B gets it.
     holder.kill().expect("kill holder");
     holder.wait().expect("reap");
-    let mut on_b = wait_long(Duration::from_secs(20), || b.spawn_holder(&["vm1"]).ok())
-        .expect("B acquires after A's holder exited");
-    let _ = on_b.kill();
-    let _ = on_b.wait();
-}
-
-/// True once the child has exited (reaping it).
-fn dead(child: &mut std::process::Child) -> bool {
-    matches!(child.try_wait(), Ok(Some(_)))
+    assert!(
+        b.acquires_within("vm1", Duration::from_secs(20)),
+        "B acquires after A's holder exited"
+    );
 }
 
 #[test]
@@ -198,12 +185,7 @@ fn a_stopped_watchdog_host_has_its_holders_killed_before_anyone_takes_over() {
 #[test]
 fn sigterm_with_running_holders_hands_over_and_without_them_leaves() {
     let c = cluster("handover");
-    let mut a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS).with_watchdog());
-    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
-    a.wait_joined();
-    b.wait_joined();
-    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
-    let generation = a.wait_joined().lockspaces[0].generation;
+    let (mut a, b, mut holder, generation) = watchdog_host_with_holder(&c);
     assert_eq!(a.terminate(), Some(0));
     assert!(!dead(&mut holder), "a planned restart kills nobody");
     assert!(a.has_event("handover"));
@@ -242,9 +224,10 @@ fn sigterm_with_running_holders_hands_over_and_without_them_leaves() {
         b.host_state(1).filter(|h| h.state == "left")
     })
     .expect("B sees A left");
-    let mut on_b = b.spawn_holder(&["vm1"]).expect("B acquires");
-    let _ = on_b.kill();
-    let _ = on_b.wait();
+    assert!(
+        b.acquires_within("vm1", Duration::from_secs(5)),
+        "B acquires"
+    );
 }
 
 #[test]
@@ -433,12 +416,7 @@ fn an_overwritten_host_sector_makes_its_owner_self_fence_and_others_never_treat_
 #[test]
 fn a_crashed_daemon_is_taken_over_by_the_next_one_without_losing_holders() {
     let c = cluster("crash");
-    let mut a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS).with_watchdog());
-    let b = Host::start(&c.root, HostSpec::new(2, &c.path, T_MS));
-    a.wait_joined();
-    b.wait_joined();
-    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on A");
-    let generation = a.wait_joined().lockspaces[0].generation;
+    let (mut a, b, mut holder, generation) = watchdog_host_with_holder(&c);
     a.kill9();
     a.start_daemon();
     let status = a.wait_joined();
@@ -453,9 +431,10 @@ fn a_crashed_daemon_is_taken_over_by_the_next_one_without_losing_holders() {
         a.status().filter(|s| s.lockspaces[0].resources.is_empty())
     })
     .expect("the new daemon released the lease of the exited holder");
-    let mut on_b = b.spawn_holder(&["vm1"]).expect("B acquires");
-    let _ = on_b.kill();
-    let _ = on_b.wait();
+    assert!(
+        b.acquires_within("vm1", Duration::from_secs(5)),
+        "B acquires"
+    );
 }
 
 #[test]
@@ -483,10 +462,10 @@ fn after_a_reboot_the_earlier_generation_is_declared_over() {
         a.has_event("floor-raised").then_some(())
     })
     .expect("A declares its earlier generation over");
-    let mut on_b = wait_long(Duration::from_secs(10), || b.spawn_holder(&["vm1"]).ok())
-        .expect("B takes vm1 at once");
-    let _ = on_b.kill();
-    let _ = on_b.wait();
+    assert!(
+        b.acquires_within("vm1", Duration::from_secs(10)),
+        "B takes vm1 at once"
+    );
 }
 
 #[test]

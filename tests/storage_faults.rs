@@ -2,41 +2,11 @@
 //! filters) -> nbdfuse -> loop: one host's path fails (EIO) or hangs while
 //! the others see the device fine; or the whole device stalls for everyone.
 
-use leasehold_tests::daemon::{Host, HostSpec};
-use leasehold_tests::{leasehold_ok, sparse_file, LoopDevice, PausableDevice, Scratch};
+use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
+use leasehold_tests::{dead, sparse_file, wait_long, LoopDevice, PausableDevice, Scratch};
 use std::time::{Duration, Instant};
 
 const T_MS: u32 = 500;
-
-fn format(path: &str) {
-    leasehold_ok(&[
-        "format",
-        path,
-        "--lockspace",
-        "test",
-        "--max-hosts",
-        "8",
-        "--max-resources",
-        "16",
-        "--io-timeout",
-        "0.5",
-    ]);
-}
-
-fn wait_long<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
-}
-
-fn dead(child: &mut std::process::Child) -> bool {
-    matches!(child.try_wait(), Ok(Some(_)))
-}
 
 enum Fault {
     Eio,
@@ -50,7 +20,7 @@ fn one_host_loses_its_storage(fault: Fault) {
     let backing = scratch.file("lease.img");
     sparse_file(&backing, 8 << 20);
     let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
-    format(&shared.path);
+    format_test_device(&shared.path);
     let path3 = PausableDevice::over_file(&backing);
     let a = Host::start(&scratch.path, HostSpec::new(1, &shared.path, T_MS));
     let b = Host::start(&scratch.path, HostSpec::new(2, &shared.path, T_MS));
@@ -128,7 +98,7 @@ fn a_host_whose_storage_hangs_self_fences_and_the_others_carry_on() {
 fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
     let scratch = Scratch::new("stall");
     let device = PausableDevice::start(8 << 20);
-    format(device.path());
+    format_test_device(device.path());
     let hosts: Vec<Host> = (1..=3)
         .map(|id| Host::start(&scratch.path, HostSpec::new(id, device.path(), T_MS)))
         .collect();

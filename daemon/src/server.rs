@@ -216,6 +216,22 @@ async fn run_job<T>(
     }
 }
 
+/// Run a job on the named lockspace's worker and turn its outcome into a reply.
+async fn space_job<T: serde::Serialize>(
+    context: &Context,
+    lockspace: Option<String>,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, JobError>>) -> Job,
+) -> Reply {
+    let space = match context.space(lockspace.as_deref()) {
+        Ok(space) => space,
+        Err(e) => return error_reply(e),
+    };
+    match run_job(&space, make).await {
+        Ok(result) => Reply::success(result),
+        Err(e) => error_reply(e),
+    }
+}
+
 async fn handle(context: &Arc<Context>, request: Request) -> Reply {
     match request {
         Request::Status {} => Reply::success(status(context)),
@@ -250,54 +266,29 @@ async fn handle(context: &Arc<Context>, request: Request) -> Reply {
             resource,
             pid,
         } => {
-            let space = match context.space(lockspace.as_deref()) {
-                Ok(space) => space,
-                Err(e) => return error_reply(e),
-            };
-            match run_job(&space, |reply| Job::Acquire {
+            space_job(context, lockspace, |reply| Job::Acquire {
                 resource,
                 pid,
                 reply,
             })
             .await
-            {
-                Ok(acquired) => Reply::success(acquired),
-                Err(e) => error_reply(e),
-            }
         }
         Request::Release {
             lockspace,
             resource,
             pid,
         } => {
-            let space = match context.space(lockspace.as_deref()) {
-                Ok(space) => space,
-                Err(e) => return error_reply(e),
-            };
-            match run_job(&space, |reply| Job::Release {
+            space_job(context, lockspace, |reply| Job::Release {
                 resource,
                 pid,
                 reply,
             })
             .await
-            {
-                Ok(released) => Reply::success(released),
-                Err(e) => error_reply(e),
-            }
         }
         Request::Inquire {
             lockspace,
             resource,
-        } => {
-            let space = match context.space(lockspace.as_deref()) {
-                Ok(space) => space,
-                Err(e) => return error_reply(e),
-            };
-            match run_job(&space, |reply| Job::Inquire { resource, reply }).await {
-                Ok(found) => Reply::success(found),
-                Err(e) => error_reply(e),
-            }
-        }
+        } => space_job(context, lockspace, |reply| Job::Inquire { resource, reply }).await,
         Request::AddLockspace {
             name,
             device,

@@ -46,6 +46,23 @@ impl HostSpec {
     }
 }
 
+/// Format `path` as the daemon tests' lockspace "test": 8 hosts, 16
+/// slots, io_timeout 0.5 s.
+pub fn format_test_device(path: &str) {
+    crate::leasehold_ok(&[
+        "format",
+        path,
+        "--lockspace",
+        "test",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "16",
+        "--io-timeout",
+        "0.5",
+    ]);
+}
+
 pub struct Host {
     pub spec: HostSpec,
     pub dir: PathBuf,
@@ -257,6 +274,19 @@ impl Host {
             }
             assert!(Instant::now() < deadline, "holder did not start");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Does this host get `resource` within `timeout`? The holder started
+    /// to find out is stopped again.
+    pub fn acquires_within(&self, resource: &str, timeout: Duration) -> bool {
+        match crate::wait_long(timeout, || self.spawn_holder(&[resource]).ok()) {
+            Some(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                true
+            }
+            None => false,
         }
     }
 

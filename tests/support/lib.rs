@@ -289,6 +289,23 @@ fn dir_path_join(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
 }
 
+/// Poll `f` every 25 ms for up to `timeout`.
+pub fn wait_long<T>(timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    None
+}
+
+/// True once the child has exited (reaping it).
+pub fn dead(child: &mut std::process::Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
 /// Poll `f` every 50 ms for up to 20 s.
 pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     for _ in 0..400 {
