@@ -21,6 +21,8 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod events;
+pub mod fence;
+pub mod fencing;
 pub mod holders;
 pub mod monitor;
 pub mod protocol;

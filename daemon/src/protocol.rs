@@ -60,6 +60,31 @@ pub enum Request {
     /// Leave a lockspace added with `add_lockspace`; refused while leases
     /// are held in it.
     RemoveLockspace { name: String },
+    /// Operate a cluster host's fence device: status, off (power off,
+    /// confirm, write the FENCED mark), on; or confirm (an operator's word
+    /// that the host is off: write the FENCED mark with method manual).
+    Fence { host: String, action: FenceAction },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceAction {
+    Status,
+    Off,
+    On,
+    Confirm,
+}
+
+/// `fence`: what was done.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FenceReply {
+    pub host_id: u32,
+    pub host: String,
+    pub device: String,
+    /// "on" / "off" after status, off or on; None for confirm.
+    pub power: Option<String>,
+    /// The generation marked FENCED, after off or confirm.
+    pub fenced_generation: Option<u64>,
 }
 
 /// Why a request failed, for programs: the message says it for people.

@@ -8,7 +8,10 @@
 use crate::context::Context;
 use crate::events::Level;
 use crate::holders::Pidfd;
-use crate::protocol::{ErrorKind, HolderStatus, Reply, Request, StatusReply, REQUEST_BYTES_MAX};
+use crate::protocol::{
+    ErrorKind, FenceAction, FenceReply, HolderStatus, Reply, Request, StatusReply,
+    REQUEST_BYTES_MAX,
+};
 use crate::space::{Job, JobError, Space};
 use std::path::Path;
 use std::sync::Arc;
@@ -295,6 +298,128 @@ async fn handle(context: &Arc<Context>, request: Request) -> Reply {
             io_timeout_ms,
         } => add_lockspace(context, name, device, io_timeout_ms).await,
         Request::RemoveLockspace { name } => remove_lockspace(context, name).await,
+        Request::Fence { host, action } => {
+            let context = Arc::clone(context);
+            match tokio::task::spawn_blocking(move || fence(&context, &host, action)).await {
+                Ok(reply) => reply,
+                Err(e) => Reply::failure(ErrorKind::Internal, e.to_string()),
+            }
+        }
+    }
+}
+
+/// An operator's fence command (blocking: device I/O and lease I/O).
+fn fence(context: &Context, host: &str, action: FenceAction) -> Reply {
+    let Some(entry) = context
+        .config
+        .cluster
+        .iter()
+        .find(|h| h.name == host || h.id.to_string() == host)
+        .cloned()
+    else {
+        return Reply::failure(
+            ErrorKind::NotFound,
+            format!(
+                "no host {host:?} in the cluster section of {}",
+                context.config.file.display()
+            ),
+        );
+    };
+    let space = match context.space(None) {
+        Ok(space) => space,
+        Err(e) => return error_reply(e),
+    };
+    let Some(victim) = lease::HostId::new(entry.id) else {
+        return Reply::failure(ErrorKind::BadRequest, "host id 0");
+    };
+    let mut reply = FenceReply {
+        host_id: entry.id,
+        host: entry.name.clone(),
+        device: String::new(),
+        power: None,
+        fenced_generation: None,
+    };
+    if action == FenceAction::Confirm {
+        return match crate::fencing::confirm(&space, victim) {
+            Ok(generation) => {
+                context.events.emit(
+                    Level::Warn,
+                    &context.config.lockspace,
+                    "fence-confirmed",
+                    format!(
+                        "an operator confirmed host {} ({}) is powered off; generation {generation} marked FENCED (manual): its leases may be taken",
+                        entry.id, entry.name
+                    ),
+                );
+                reply.device = "manual".to_string();
+                reply.fenced_generation = Some(generation);
+                Reply::success(reply)
+            }
+            Err(e) => Reply::failure(ErrorKind::Storage, e.to_string()),
+        };
+    }
+    let device = match crate::fence::Device::for_host(&context.config, &entry) {
+        Ok(device) => device,
+        Err(e) => return Reply::failure(ErrorKind::Conflict, e.to_string()),
+    };
+    reply.device = device.describe();
+    let result = match action {
+        FenceAction::Status => device.status().map(Some),
+        FenceAction::On => device.power_on().map(|()| None),
+        FenceAction::Off | FenceAction::Confirm => {
+            context.events.emit(
+                Level::Warn,
+                &context.config.lockspace,
+                "fencing",
+                format!(
+                    "an operator is fencing host {} ({}) via {}",
+                    entry.id,
+                    entry.name,
+                    device.describe()
+                ),
+            );
+            device
+                .power_off()
+                .map(|()| Some(crate::fence::PowerState::Off))
+        }
+    };
+    match result {
+        Ok(power) => {
+            reply.power = power.map(|p| match p {
+                crate::fence::PowerState::On => "on".to_string(),
+                crate::fence::PowerState::Off => "off".to_string(),
+            });
+            if action == FenceAction::On {
+                reply.power = Some("on".to_string());
+            }
+            if action == FenceAction::Off {
+                match crate::fencing::mark(&space, victim, device.method()) {
+                    Ok(generation) => {
+                        reply.fenced_generation = Some(generation);
+                        context.events.emit(
+                            Level::Warn,
+                            &context.config.lockspace,
+                            "fenced",
+                            format!(
+                                "host {} ({}) powered off (confirmed) by an operator; generation {generation} marked FENCED",
+                                entry.id, entry.name
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        return Reply::failure(
+                            ErrorKind::Storage,
+                            format!(
+                                "host {} is off, but the FENCED mark failed: {e}",
+                                entry.name
+                            ),
+                        )
+                    }
+                }
+            }
+            Reply::success(reply)
+        }
+        Err(e) => Reply::failure(ErrorKind::Storage, e.to_string()),
     }
 }
 

@@ -198,9 +198,14 @@ impl Space {
         let worker = std::thread::Builder::new()
             .name(format!("worker-{}", space.config.name))
             .spawn(move || worker.worker_thread(receiver))?;
+        let fencer = Arc::clone(&space);
+        let fencer = std::thread::Builder::new()
+            .name(format!("fence-{}", space.config.name))
+            .spawn(move || crate::fencing::fencing_thread(fencer))?;
         if let Ok(mut threads) = space.threads.lock() {
             threads.push(renewal);
             threads.push(worker);
+            threads.push(fencer);
         }
         Ok(space)
     }
@@ -249,8 +254,17 @@ impl Space {
         }
     }
 
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Record an event of this lockspace.
+    pub fn emit_event(&self, level: Level, kind: &str, message: impl Into<String>) {
+        self.emit(level, kind, message);
+    }
+
     /// Sleep until `deadline_ms` on our clock or until stopped; true if stopped.
-    fn sleep_until(&self, deadline_ms: u64) -> bool {
+    pub fn sleep_until(&self, deadline_ms: u64) -> bool {
         let mut stopped = match self.stop.0.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

@@ -7,7 +7,7 @@ use crate::format::{
     DblockRecord, FormatError, Geometry, HeaderRecord, HostRecord, LeaderRecord, LeaseLocation,
 };
 use crate::ids::HostId;
-use crate::op::Port;
+use crate::op::{Operation, Port};
 
 /// Everything an operation needs to know about the device it works on.
 /// Cheap to clone; operations own a copy.
@@ -97,6 +97,12 @@ impl Lockspace {
             what,
             source,
         }
+    }
+
+    /// Read and decode one host's record, as an operation.
+    pub fn read_host_op(&self, host_id: HostId) -> Operation<Result<HostRecord, LeaseError>> {
+        let space = self.clone();
+        Operation::new(move |port| async move { space.read_host(&port, host_id).await })
     }
 
     pub fn sector_size(&self) -> u64 {

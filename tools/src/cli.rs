@@ -41,6 +41,28 @@ pub enum Command {
     /// Lease operations through this host's daemon, for a process.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Operate a cluster host's fence device through this host's daemon.
+    Fence(FenceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FenceArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// status | off (power off, confirm, mark FENCED) | on | confirm (you
+    /// powered it off by hand: mark FENCED without touching a device).
+    #[arg(value_enum)]
+    pub action: FenceActionArg,
+    /// The host: its name or id from the cluster section.
+    pub host: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceActionArg {
+    Status,
+    Off,
+    On,
+    Confirm,
 }
 
 /// How to reach the daemon.

@@ -280,6 +280,51 @@ pub fn client(command: &ClientCommand) -> Result<()> {
     }
 }
 
+pub fn fence(args: &crate::cli::FenceArgs) -> Result<()> {
+    use crate::cli::FenceActionArg;
+    use leasehold_daemon::protocol::FenceAction;
+    let action = match args.action {
+        FenceActionArg::Status => FenceAction::Status,
+        FenceActionArg::Off => FenceAction::Off,
+        FenceActionArg::On => FenceAction::On,
+        FenceActionArg::Confirm => {
+            eprintln!(
+                "leasehold: warning: confirming that {} is powered off lets other hosts take its leases and restart its VMs; if it still runs, they run twice",
+                args.host
+            );
+            FenceAction::Confirm
+        }
+    };
+    let v = call(
+        &args.daemon,
+        &Request::Fence {
+            host: args.host.clone(),
+            action,
+        },
+    )?;
+    let text = match (
+        args.action,
+        v["power"].as_str(),
+        v["fenced_generation"].as_u64(),
+    ) {
+        (FenceActionArg::Confirm, _, Some(g)) => {
+            format!("{} generation {g} marked FENCED (manual)", args.host)
+        }
+        (_, Some(power), Some(g)) => format!(
+            "{} is {power} ({}); generation {g} marked FENCED",
+            args.host,
+            v["device"].as_str().unwrap_or("")
+        ),
+        (_, Some(power), None) => format!(
+            "{} is {power} ({})",
+            args.host,
+            v["device"].as_str().unwrap_or("")
+        ),
+        _ => format!("{}: done", args.host),
+    };
+    print_result(&args.daemon, &v, text)
+}
+
 /// Register this process, acquire every resource, then exec the command:
 /// the pid (and so the leases) pass to it.
 fn run(args: &RunArgs) -> Result<()> {

@@ -21,6 +21,7 @@ fn main() {
         cli::Command::Hosts(args) => control::hosts(&args),
         cli::Command::Events(args) => control::events(&args),
         cli::Command::Client(command) => control::client(&command),
+        cli::Command::Fence(args) => control::fence(&args),
     };
     if let Err(error) = result {
         eprintln!("leasehold: error: {error:#}");

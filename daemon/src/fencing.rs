@@ -1,0 +1,339 @@
+//! Fencing silent hosts: one thread per lockspace. For every host the
+//! monitor declares silent (storage-confirmed, not part of a storage
+//! incident) that has a fence device, the survivors compete for that
+//! host's fence lease (a paxos lease in the fence area): exactly one wins,
+//! re-reads the victim's record, powers it off through its device, waits
+//! for the device to confirm off, writes the FENCED mark for the
+//! generation it watched, and gives the fence lease back. A failure is
+//! retried with capped exponential backoff, loudly, and nothing is taken
+//! over meanwhile (unless the victim has a watchdog: then the lease core's
+//! watchdog rule applies after its host_dead time).
+
+use crate::events::Level;
+use crate::fence::{Device, FenceError};
+use crate::space::{Phase, Space};
+use lease::clock::{Clock, SystemClock};
+use lease::delta::{self, FenceMark};
+use lease::disk::Disk;
+use lease::format::{FenceMethod, LeaderRecord};
+use lease::op::run;
+use lease::paxos::{self, AcquireRequest, ReleaseRequest};
+use lease::{HostId, LeaseError, Lockspace, Owner};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// First retry delay after a failed fence, doubled each time up to the cap.
+const RETRY_FIRST_MS: u64 = 1000;
+const RETRY_CAP_MS: u64 = 30_000;
+
+/// Outcome of competing for a victim's fence lease.
+#[derive(Debug)]
+pub enum Election {
+    /// We hold the fence lease: fence, then release it.
+    Won(LeaderRecord),
+    /// Another live host holds it and is fencing.
+    Lost { fencer: Owner },
+    /// The victim needs no fencing any more (marked, or a new incarnation).
+    Moot(String),
+}
+
+/// Compete for the fence lease of `victim` (watched at `generation`).
+pub fn elect(
+    disk: &dyn Disk,
+    space: &Lockspace,
+    owner: Owner,
+    victim: HostId,
+    generation: u64,
+    dead_hosts: Vec<(HostId, u64)>,
+) -> Result<Election, LeaseError> {
+    let request = AcquireRequest {
+        location: space.geometry.fence_lease(victim),
+        owner,
+        name: String::new(),
+        claim: false,
+        dead_hosts,
+        io_timeout_ms: space.io_timeout_ms,
+        seed: lease::ids::random_u64(),
+    };
+    let leader = match run(paxos::acquire(space, request), disk, &SystemClock) {
+        Ok(leader) => leader,
+        Err(LeaseError::HeldByOther { owner, .. }) => return Ok(Election::Lost { fencer: owner }),
+        Err(e) => return Err(e),
+    };
+    // With the fence lease ours, look at the victim again: a fencer before
+    // us may have finished, or the host may have rejoined.
+    let record = run(space.read_host_op(victim), disk, &SystemClock)?;
+    let moot = if record.flags.fenced && record.fenced_generation >= generation {
+        Some(format!("generation {generation} is already fenced"))
+    } else if record.generation != generation {
+        Some(format!(
+            "it rejoined as generation {} meanwhile",
+            record.generation
+        ))
+    } else if record.flags.released {
+        Some("it left cleanly".to_string())
+    } else {
+        None
+    };
+    match moot {
+        Some(reason) => {
+            release(disk, space, owner, victim, &leader);
+            Ok(Election::Moot(reason))
+        }
+        None => Ok(Election::Won(leader)),
+    }
+}
+
+/// Give a fence lease back (best effort; a leftover one only delays the
+/// next fencer until we are known over).
+pub fn release(
+    disk: &dyn Disk,
+    space: &Lockspace,
+    owner: Owner,
+    victim: HostId,
+    leader: &LeaderRecord,
+) {
+    let request = ReleaseRequest {
+        location: space.geometry.fence_lease(victim),
+        owner,
+        lver: Some(leader.lver),
+        clear_name: false,
+        name: None,
+    };
+    let _ = run(paxos::release(space, request), disk, &SystemClock);
+}
+
+struct Retry {
+    attempts: u32,
+    next_ms: u64,
+    generation: u64,
+}
+
+/// The fencing thread of one lockspace.
+pub fn fencing_thread(space: Arc<Space>) {
+    let span = tracing::info_span!("fencing", host = space.config.host_id.get(), lockspace = %space.config.name);
+    let _entered = span.enter();
+    let mut device: Option<(lease::open::BoxedDisk, Lockspace)> = None;
+    let mut retries: BTreeMap<u32, Retry> = BTreeMap::new();
+    let mut announced: BTreeMap<u32, (u64, String)> = BTreeMap::new();
+    let interval_ms = 2 * u64::from(space.config.io_timeout_ms);
+    loop {
+        if space.sleep_until(SystemClock.now_ms() + interval_ms / 2) {
+            return;
+        }
+        let view = {
+            let state = space.lock();
+            match (&state.phase, &state.lockspace, &state.lease, &state.monitor) {
+                (Phase::Joined, Some(ls), Some(lease), Some(monitor))
+                    if delta::holds(ls, lease, SystemClock.now_ms()) =>
+                {
+                    Some((
+                        lease.owner(),
+                        monitor.declared_silent(ls),
+                        monitor.dead_hosts(),
+                        monitor.hosts(ls),
+                    ))
+                }
+                _ => None,
+            }
+        };
+        let Some((owner, silent, dead, hosts)) = view else {
+            continue;
+        };
+        retries.retain(|id, _| silent.iter().any(|(h, _)| h.get() == *id));
+        announced.retain(|id, _| silent.iter().any(|(h, _)| h.get() == *id));
+        for (victim, generation) in silent {
+            let raw = victim.get();
+            let status = hosts.iter().find(|h| h.host_id == raw);
+            let name = status.map(|h| h.name.clone()).unwrap_or_default();
+            let still_ms = status.map(|h| h.unchanged_for_ms).unwrap_or(0);
+            let cluster_host = space
+                .context()
+                .config
+                .cluster
+                .iter()
+                .find(|h| h.id == raw)
+                .cloned();
+            let fence_device = cluster_host
+                .as_ref()
+                .ok_or_else(|| FenceError::UnknownHost(name.clone()))
+                .and_then(|h| Device::for_host(&space.context().config, h));
+            let said = announced.get(&raw).map(|(g, what)| (*g, what.clone()));
+            let mut announce = |what: &str, level: Level, kind: &str, message: String| {
+                if said.as_ref() != Some(&(generation, what.to_string())) {
+                    space.emit_event(level, kind, message);
+                    announced.insert(raw, (generation, what.to_string()));
+                }
+            };
+            let device_to_use = match fence_device {
+                Ok(device_to_use) => device_to_use,
+                Err(e) => {
+                    let watchdog = status.is_some_and(|h| h.watchdog);
+                    announce(
+                        "nodevice",
+                        if watchdog { Level::Warn } else { Level::Error },
+                        "fence-impossible",
+                        format!(
+                            "host {raw} ({name}) is silent (last renewal seen {:.1} s ago) but cannot be fenced: {e}; {}",
+                            still_ms as f64 / 1000.0,
+                            if watchdog {
+                                "its leases become takeable once its watchdog must have fired"
+                            } else {
+                                "its leases stay protected until an operator confirms it is off (leasehold fence confirm)"
+                            }
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let now_ms = SystemClock.now_ms();
+            if let Some(retry) = retries.get(&raw) {
+                if retry.generation == generation && now_ms < retry.next_ms {
+                    continue;
+                }
+            }
+            if device.is_none() {
+                match lease::open::open_lockspace(
+                    &space.config.device,
+                    space.config.engine,
+                    space.config.sector_size_bytes,
+                    Some(&space.config.name),
+                ) {
+                    Ok(opened) => device = Some(opened),
+                    Err(e) => {
+                        tracing::warn!("fencing cannot open the device: {e}");
+                        continue;
+                    }
+                }
+            }
+            let Some((disk, ls)) = device.as_ref() else {
+                continue;
+            };
+            announce(
+                "silent",
+                Level::Warn,
+                "fence-needed",
+                format!(
+                    "host {raw} ({name}) is silent (last renewal seen {:.1} s ago): competing to fence it",
+                    still_ms as f64 / 1000.0
+                ),
+            );
+            let leader = match elect(disk.as_ref(), ls, owner, victim, generation, dead.clone()) {
+                Ok(Election::Won(leader)) => leader,
+                Ok(Election::Lost { fencer }) => {
+                    announce(
+                        "lost",
+                        Level::Info,
+                        "fence-by-other",
+                        format!(
+                            "host {} is fencing host {raw} ({name}); watching",
+                            fencer.host_id
+                        ),
+                    );
+                    continue;
+                }
+                Ok(Election::Moot(reason)) => {
+                    announce(
+                        "moot",
+                        Level::Info,
+                        "fence-moot",
+                        format!("host {raw} ({name}) needs no fencing: {reason}"),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("competing for the fence lease of host {raw}: {e}");
+                    continue;
+                }
+            };
+            space.emit_event(
+                Level::Warn,
+                "fencing",
+                format!(
+                    "fencing host {raw} ({name}) generation {generation} via {} (by host {} {})",
+                    device_to_use.describe(),
+                    space.config.host_id,
+                    space.config.host_name
+                ),
+            );
+            let started = std::time::Instant::now();
+            match device_to_use.power_off() {
+                Ok(()) => {
+                    let took_ms = started.elapsed().as_millis();
+                    let mark = FenceMark {
+                        victim,
+                        generation,
+                        fencer: space.config.host_id,
+                        method: device_to_use.method(),
+                    };
+                    match run(delta::mark_fenced(ls, mark), disk.as_ref(), &SystemClock) {
+                        Ok(_) => space.emit_event(
+                            Level::Warn,
+                            "fenced",
+                            format!(
+                                "host {raw} ({name}) powered off (confirmed) in {took_ms} ms; generation {generation} marked FENCED, its leases may be taken"
+                            ),
+                        ),
+                        Err(e) => space.emit_event(
+                            Level::Error,
+                            "fence-mark-failed",
+                            format!("host {raw} ({name}) is off but the FENCED mark could not be written: {e}; retrying"),
+                        ),
+                    }
+                    retries.remove(&raw);
+                }
+                Err(e) => {
+                    let entry = retries.entry(raw).or_insert(Retry {
+                        attempts: 0,
+                        next_ms: 0,
+                        generation,
+                    });
+                    if entry.generation != generation {
+                        entry.attempts = 0;
+                        entry.generation = generation;
+                    }
+                    let delay_ms = RETRY_FIRST_MS
+                        .saturating_mul(1u64 << entry.attempts.min(16))
+                        .min(RETRY_CAP_MS);
+                    entry.attempts = entry.attempts.saturating_add(1);
+                    entry.next_ms = SystemClock.now_ms() + delay_ms;
+                    space.emit_event(
+                        Level::Error,
+                        "fence-failed",
+                        format!(
+                            "fencing host {raw} ({name}) failed (attempt {}): {e}; no takeover; retry in {} s",
+                            entry.attempts,
+                            delay_ms / 1000
+                        ),
+                    );
+                }
+            }
+            release(disk.as_ref(), ls, owner, victim, &leader);
+        }
+    }
+}
+
+/// An operator's word that `victim` is powered off: write the FENCED mark
+/// for its current generation with method Manual.
+pub fn confirm(space: &Space, victim: HostId) -> Result<u64, LeaseError> {
+    mark(space, victim, FenceMethod::Manual)
+}
+
+/// Write the FENCED mark for `victim`'s current generation.
+pub fn mark(space: &Space, victim: HostId, method: FenceMethod) -> Result<u64, LeaseError> {
+    let (disk, ls) = lease::open::open_lockspace(
+        &space.config.device,
+        space.config.engine,
+        space.config.sector_size_bytes,
+        Some(&space.config.name),
+    )?;
+    let record = run(ls.read_host_op(victim), disk.as_ref(), &SystemClock)?;
+    let mark = FenceMark {
+        victim,
+        generation: record.generation,
+        fencer: space.config.host_id,
+        method,
+    };
+    run(delta::mark_fenced(&ls, mark), disk.as_ref(), &SystemClock)?;
+    Ok(record.generation)
+}
