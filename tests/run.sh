@@ -6,12 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: losetup (util-linux), nbdkit + nbdfuse (libnbd-bin) for
-# the hung-device test, fuse3 for nbdfuse.
+# the hung-device and storage-fault tests, fuse3 for nbdfuse, setpriv
+# (util-linux) for the foreign-uid test, and for the fencing tests a real
+# BMC implementation (ipmi_sim from openipmi) with ipmitool and
+# fence_ipmilan (fence-agents) to cross-check it.
 packages=()
 command -v losetup >/dev/null || packages+=(util-linux)
 command -v nbdkit >/dev/null || packages+=(nbdkit)
 command -v nbdfuse >/dev/null || packages+=(libnbd-bin)
 command -v fusermount3 >/dev/null || packages+=(fuse3)
+command -v ipmi_sim >/dev/null || packages+=(openipmi)
+command -v ipmitool >/dev/null || packages+=(ipmitool)
+command -v fence_ipmilan >/dev/null || packages+=(fence-agents)
 if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: need root to install ${packages[*]}" >&2

@@ -25,6 +25,10 @@ pub struct HostSpec {
     pub extra: String,
     /// Extra environment of the daemon process.
     pub env: Vec<(String, String)>,
+    /// Secrets file (paths.secrets).
+    pub secrets: Option<PathBuf>,
+    /// UDP port of this host's simulated BMC, when it has one.
+    pub bmc_port: Option<u16>,
 }
 
 impl HostSpec {
@@ -37,6 +41,8 @@ impl HostSpec {
             watchdog: false,
             extra: String::new(),
             env: Vec::new(),
+            secrets: None,
+            bmc_port: None,
         }
     }
 
@@ -73,6 +79,8 @@ pub struct Host {
     emulator: Option<Child>,
     /// Lines the watchdog emulator printed ("<ms> armed", "<ms> fired").
     pub emulator_lines: Arc<Mutex<Vec<String>>>,
+    /// The host's simulated BMC: then its power is the host's life.
+    pub bmc: Option<crate::bmc::Bmc>,
 }
 
 fn signal(pid: i32, signal: i32) {
@@ -89,6 +97,33 @@ fn child_pid(child: &Child) -> i32 {
 impl Host {
     /// Write the configuration under `root/<name>` and start the host.
     pub fn start(root: &Path, spec: HostSpec) -> Host {
+        let mut host = Host::configure(root, spec);
+        host.boot();
+        host
+    }
+
+    /// A host behind a simulated BMC (ipmi_sim): powering it on starts its
+    /// leaseholdd in a new session, powering it off kills everything of it.
+    /// Powered on here.
+    pub fn start_with_bmc(root: &Path, spec: HostSpec) -> Host {
+        let mut host = Host::configure(root, spec);
+        let command = format!(
+            "exec '{}' --config '{}'",
+            leaseholdd_bin().display(),
+            host.config.display()
+        );
+        let bmc = crate::bmc::Bmc::start(
+            host.spec.bmc_port,
+            &host.dir.join("bmc"),
+            &command,
+            &host.dir.join("leaseholdd.log"),
+        );
+        bmc.power_on_locally();
+        host.bmc = Some(bmc);
+        host
+    }
+
+    fn configure(root: &Path, spec: HostSpec) -> Host {
         let dir = root.join(&spec.name);
         std::fs::create_dir_all(&dir).expect("host dir");
         let config = dir.join("leasehold.toml");
@@ -102,7 +137,7 @@ impl Host {
             String::new()
         };
         let text = format!(
-            "[host]\nid = {id}\nname = \"{name}\"\n\n[lockspace]\nname = \"test\"\ndevice = \"{device}\"\nio_timeout_ms = {t}\n\n[control]\nsocket = \"{socket}\"\n\n[paths]\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\nevent_log = \"{events}\"\n\n{watchdog}{extra}\n",
+            "[host]\nid = {id}\nname = \"{name}\"\n\n[lockspace]\nname = \"test\"\ndevice = \"{device}\"\nio_timeout_ms = {t}\n\n[control]\nsocket = \"{socket}\"\n\n[paths]\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\nevent_log = \"{events}\"\n{secrets}\n{watchdog}{extra}\n",
             id = spec.id,
             name = spec.name,
             device = spec.device,
@@ -111,10 +146,15 @@ impl Host {
             run = dir.join("run").display(),
             state = dir.join("state").display(),
             events = dir.join("events.jsonl").display(),
+            secrets = spec
+                .secrets
+                .as_ref()
+                .map(|p| format!("secrets = \"{}\"\n", p.display()))
+                .unwrap_or_default(),
             extra = spec.extra,
         );
         std::fs::write(&config, text).expect("write config");
-        let mut host = Host {
+        Host {
             spec,
             dir,
             config,
@@ -123,13 +163,15 @@ impl Host {
             daemon: None,
             emulator: None,
             emulator_lines: Arc::new(Mutex::new(Vec::new())),
-        };
-        host.boot();
-        host
+            bmc: None,
+        }
     }
 
     /// The process group every process of this host runs in.
     pub fn pgid(&self) -> i32 {
+        if let Some(bmc) = &self.bmc {
+            return bmc.host_pgid().expect("host is powered on");
+        }
         child_pid(self.leader.as_ref().expect("host is up"))
     }
 
@@ -200,6 +242,10 @@ impl Host {
     }
 
     pub fn daemon_pid(&self) -> i32 {
+        if let Some(bmc) = &self.bmc {
+            // The session leader is leaseholdd itself (the start command execs it).
+            return bmc.host_pgid().expect("host is powered on");
+        }
         child_pid(self.daemon.as_ref().expect("daemon started"))
     }
 
@@ -250,12 +296,18 @@ impl Host {
         for r in resources {
             command.args(["--resource", r]);
         }
-        let mut child = command
+        command
             .args(["--", "sleep", "100000"])
-            .stderr(Stdio::piped())
-            .process_group(self.pgid())
-            .spawn()
-            .expect("spawn holder");
+            .stderr(Stdio::piped());
+        match &self.bmc {
+            // Outside the host's session: the BMC kills it by pid.
+            Some(_) => command.process_group(0),
+            None => command.process_group(self.pgid()),
+        };
+        let mut child = command.spawn().expect("spawn holder");
+        if let Some(bmc) = &self.bmc {
+            bmc.add_member(child.id());
+        }
         let pid = child_pid(&child);
         // Acquired once the process is `sleep` (the exec happened).
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -324,6 +376,9 @@ impl Host {
 
     /// Power off: every process of the host dies at once.
     pub fn power_off(&mut self) {
+        if let Some(bmc) = &self.bmc {
+            bmc.power_off_locally();
+        }
         if let Some(leader) = self.leader.as_ref() {
             signal(-child_pid(leader), libc::SIGKILL);
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod bmc;
 pub mod daemon;
 
 /// Path of the `leasehold` binary of this build, built on first use.
