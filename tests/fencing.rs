@@ -224,5 +224,43 @@ fn a_failing_fence_is_retried_loudly_and_nothing_is_taken_over() {
     assert!(!survivors[0].acquires_within("vm1", Duration::from_secs(2)));
     assert!(!dead(&mut holder));
     assert!(victim.bmc.as_ref().expect("bmc").powered());
-    victim.cont();
+    // The operator powers it off by hand and says so: the lease is freed.
+    victim.bmc.as_ref().expect("bmc").power_off_locally();
+    assert!(wait_long(Duration::from_secs(5), || dead(&mut holder).then_some(())).is_some());
+    let socket = survivors[0].socket.to_string_lossy().into_owned();
+    let confirm = leasehold(&["fence", "confirm", "host1", "--socket", &socket]);
+    assert!(
+        confirm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&confirm.stderr)
+    );
+    assert!(String::from_utf8_lossy(&confirm.stderr).contains("warning"));
+    assert!(survivors[0].acquires_within("vm1", Duration::from_secs(10)));
+    assert_eq!(count_events(survivors, "fence-confirmed"), 1);
+}
+
+#[test]
+fn an_unreachable_bmc_fails_with_a_clear_error_in_bounded_time() {
+    use leasehold_daemon::config::Secret;
+    use leasehold_daemon::fence::ipmi::{self, IpmiTarget};
+    let target = IpmiTarget {
+        address: "127.0.0.1".to_string(),
+        port: free_udp_port(),
+        user: USER.to_string(),
+        password: Secret::new(PASSWORD.to_string()),
+        privilege: "administrator".to_string(),
+    };
+    let started = Instant::now();
+    let error = ipmi::status(&target).expect_err("nobody answers");
+    let message = error.to_string();
+    assert!(
+        message.contains("cannot open an RMCP+ session"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("127.0.0.1:{}", target.port)),
+        "{message}"
+    );
+    assert!(!message.contains(PASSWORD));
+    assert!(started.elapsed() < Duration::from_secs(60));
 }
