@@ -14,7 +14,8 @@
 //! - [`op`]: the step-machine driver.
 //! - [`lockspace`]: an opened device; sector decoding.
 //! - [`delta`], [`observer`]: host liveness.
-//! - [`paxos`], [`resource`]: resource leases, by slot and by name.
+//! - [`paxos`], [`resource`]: resource leases, by slot and by name;
+//!   [`payload`]: what a resource's holder stores with it.
 //! - [`device`]: format and dump; [`open`]: opening a device.
 
 pub mod clock;
@@ -29,6 +30,7 @@ pub mod observer;
 pub mod op;
 pub mod open;
 pub mod paxos;
+pub mod payload;
 pub mod planted;
 pub mod resource;
 pub mod timeouts;

@@ -725,16 +725,21 @@ pub fn inquire(
     location: LeaseLocation,
 ) -> Operation<Result<LeaseStatus, LeaseError>> {
     let space = space.clone();
-    Operation::new(move |port| async move {
-        let leader = space.read_leader(&port, &location).await?;
-        let holder = match leader.held_by() {
-            None => None,
-            Some(owner) => {
-                let dblock =
-                    read_dblock(&port, &space, &location, owner.host_id, &leader.name).await?;
-                (!owner_moved_on(&dblock, &leader, owner)).then_some(owner)
-            }
-        };
-        Ok(LeaseStatus { leader, holder })
-    })
+    Operation::new(move |port| async move { inquire_inner(&port, &space, &location).await })
+}
+
+pub(crate) async fn inquire_inner(
+    port: &Port,
+    space: &Lockspace,
+    location: &LeaseLocation,
+) -> Result<LeaseStatus, LeaseError> {
+    let leader = space.read_leader(port, location).await?;
+    let holder = match leader.held_by() {
+        None => None,
+        Some(owner) => {
+            let dblock = read_dblock(port, space, location, owner.host_id, &leader.name).await?;
+            (!owner_moved_on(&dblock, &leader, owner)).then_some(owner)
+        }
+    };
+    Ok(LeaseStatus { leader, holder })
 }

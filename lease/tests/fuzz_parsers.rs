@@ -110,6 +110,12 @@ fn check(sector: &[u8]) -> Result<(), TestCaseError> {
             .expect("an accepted record encodes");
         prop_assert_eq!(&encoded[..512], &sector[..512]);
     }
+    for slot in [0, 1, 7] {
+        if let Ok(header) = lease::format::PayloadHeader::decode(sector, lockspace, slot, 32256) {
+            let encoded = header.encode(lockspace, 512);
+            prop_assert_eq!(&encoded[..512], &sector[..512]);
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod header;
 mod host;
 mod layout;
 mod leader;
+mod payload;
 mod record;
 
 pub use dblock::{DblockRecord, Proposal};
@@ -19,6 +20,7 @@ pub use layout::{
     Geometry, LeaseKind, LeaseLocation, HOSTS_MAX, PAYLOAD_SIZE_BYTES_DEFAULT, RESOURCES_MAX,
 };
 pub use leader::{LeaderFlags, LeaderRecord};
+pub use payload::PayloadHeader;
 pub use record::{
     check_name, RecordKind, FORMAT_VERSION, HOST_NAME_BYTES, LOCKSPACE_NAME_BYTES,
     RECORD_SIZE_BYTES, RESOURCE_NAME_BYTES,

@@ -19,13 +19,14 @@ pub(crate) const LOCKSPACE_OFFSET: usize = 16;
 /// First byte of the kind-specific part.
 pub(crate) const BODY_OFFSET: usize = 64;
 
-/// The four kinds of record; each has its own magic.
+/// The kinds of record; each has its own magic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum RecordKind {
     Header,
     Host,
     Leader,
     Dblock,
+    Payload,
 }
 
 impl RecordKind {
@@ -35,6 +36,7 @@ impl RecordKind {
             RecordKind::Host => *b"LHho",
             RecordKind::Leader => *b"LHld",
             RecordKind::Dblock => *b"LHdb",
+            RecordKind::Payload => *b"LHpl",
         }
     }
 }
@@ -46,6 +48,7 @@ impl fmt::Display for RecordKind {
             RecordKind::Host => "host",
             RecordKind::Leader => "leader",
             RecordKind::Dblock => "dblock",
+            RecordKind::Payload => "payload",
         };
         f.write_str(name)
     }

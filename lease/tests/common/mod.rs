@@ -18,7 +18,12 @@ pub struct Setup {
 }
 
 pub fn setup(max_hosts: u32, max_resources: u32) -> Setup {
-    let geometry = Geometry::new(512, max_hosts, max_resources, 4096).expect("geometry");
+    setup_with_payload(max_hosts, max_resources, 4096)
+}
+
+pub fn setup_with_payload(max_hosts: u32, max_resources: u32, payload_size_bytes: u32) -> Setup {
+    let geometry =
+        Geometry::new(512, max_hosts, max_resources, payload_size_bytes).expect("geometry");
     let disk = MemoryDisk::new("mem0", 512, geometry.device_size_bytes() as usize);
     let options = FormatOptions {
         lockspace: "test".to_string(),
