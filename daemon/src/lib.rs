@@ -25,6 +25,7 @@ pub mod fence;
 pub mod fencing;
 pub mod holders;
 pub mod monitor;
+pub mod placement;
 pub mod protocol;
 pub mod server;
 pub mod space;
