@@ -14,6 +14,10 @@
 //! - [`statefile`]: what a restarted daemon takes over.
 //! - [`server`]: the control socket.
 //! - [`daemon`]: start, watchdog petting, self-fencing, shutdown.
+//! - [`fence`], [`fencing`]: fence devices (IPMI, agents) and the fencing
+//!   thread that elects one fencer per silent host.
+//! - [`placement`], [`registry`]: restart placement and admission control;
+//!   the VM records stored in resource payloads (failover, in progress).
 
 pub mod capacity;
 pub mod client;
@@ -27,6 +31,7 @@ pub mod holders;
 pub mod monitor;
 pub mod placement;
 pub mod protocol;
+pub mod registry;
 pub mod server;
 pub mod space;
 pub mod statefile;

@@ -1,0 +1,234 @@
+//! The VM registry: each HA VM's definition lives in its resource slot's
+//! payload on the lease device (the single source of truth), written only
+//! by the lease holder. The payload is one JSON document, versioned; the
+//! payload layer checksums it (lease::payload), and a document that does
+//! not parse or validate is reported, never started.
+
+use crate::placement::{Priority, VmNeed};
+use serde::{Deserialize, Serialize};
+
+/// The document version this build writes and reads.
+pub const VM_RECORD_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Restart on another host when its host dies.
+    Always,
+    /// Leave it stopped when its host dies.
+    Never,
+}
+
+/// One HA VM as stored in its slot's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRecord {
+    pub version: u32,
+    /// The libvirt domain name; also the resource (lease) name.
+    pub name: String,
+    pub uuid: String,
+    pub priority: Priority,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub desired: DesiredState,
+    pub restart: RestartPolicy,
+    /// Consecutive failed restarts; at the limit the VM is marked failed.
+    #[serde(default)]
+    pub failed_restarts: u32,
+    pub domain_xml: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("domain XML: {0}")]
+    Xml(String),
+    #[error("domain XML has no <{0}>; a HA VM needs a fixed one")]
+    Missing(&'static str),
+    #[error("VM record: {0}")]
+    Record(String),
+}
+
+/// What `vm add` takes from a domain's XML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainFacts {
+    pub name: String,
+    pub uuid: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+}
+
+/// Memory in MiB from libvirt's `<memory unit=...>` (KiB by default).
+fn memory_mib(value: &str, unit: Option<&str>) -> Result<u32, RegistryError> {
+    let amount: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| RegistryError::Xml(format!("<memory> {value:?} is not a number")))?;
+    let bytes_per_unit: u64 = match unit.unwrap_or("KiB") {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1024,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        other => {
+            return Err(RegistryError::Xml(format!(
+                "<memory unit={other:?}> is not a libvirt unit"
+            )))
+        }
+    };
+    let mib = amount.saturating_mul(bytes_per_unit).div_ceil(1 << 20);
+    u32::try_from(mib)
+        .map_err(|_| RegistryError::Xml(format!("<memory> of {mib} MiB is too large")))
+}
+
+/// Read name, uuid, memory and vCPUs from a libvirt domain XML.
+pub fn domain_facts(xml: &str) -> Result<DomainFacts, RegistryError> {
+    let document =
+        roxmltree::Document::parse(xml).map_err(|e| RegistryError::Xml(e.to_string()))?;
+    let root = document.root_element();
+    if root.tag_name().name() != "domain" {
+        return Err(RegistryError::Xml(format!(
+            "the root element is <{}>, not <domain>",
+            root.tag_name().name()
+        )));
+    }
+    let child = |name: &str| root.children().find(|n| n.has_tag_name(name));
+    let text = |name: &'static str| -> Result<String, RegistryError> {
+        child(name)
+            .and_then(|n| n.text())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or(RegistryError::Missing(name))
+    };
+    let name = text("name")?;
+    let uuid = text("uuid")?;
+    if uuid.len() != 36 || uuid.chars().filter(|c| *c == '-').count() != 4 {
+        return Err(RegistryError::Xml(format!("<uuid> {uuid:?} is not a UUID")));
+    }
+    let memory = child("memory").ok_or(RegistryError::Missing("memory"))?;
+    let memory_mib = memory_mib(memory.text().unwrap_or(""), memory.attribute("unit"))?;
+    let vcpus: u32 = text("vcpu")?
+        .parse()
+        .map_err(|_| RegistryError::Xml("<vcpu> is not a number".to_string()))?;
+    if lease::format::check_name("VM name", &name, lease::format::RESOURCE_NAME_BYTES).is_err() {
+        return Err(RegistryError::Xml(format!(
+            "domain name {name:?} is longer than {} bytes (it names the lease)",
+            lease::format::RESOURCE_NAME_BYTES
+        )));
+    }
+    Ok(DomainFacts {
+        name,
+        uuid: uuid.to_lowercase(),
+        memory_mib,
+        vcpus,
+    })
+}
+
+impl VmRecord {
+    /// A new record for `xml`.
+    pub fn new(xml: &str, priority: Priority) -> Result<VmRecord, RegistryError> {
+        let facts = domain_facts(xml)?;
+        Ok(VmRecord {
+            version: VM_RECORD_VERSION,
+            name: facts.name,
+            uuid: facts.uuid,
+            priority,
+            memory_mib: facts.memory_mib,
+            vcpus: facts.vcpus,
+            desired: DesiredState::Running,
+            restart: RestartPolicy::Always,
+            failed_restarts: 0,
+            domain_xml: xml.to_string(),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings and numbers always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decode and validate a payload (its checksum was already checked).
+    pub fn decode(bytes: &[u8]) -> Result<VmRecord, RegistryError> {
+        let record: VmRecord =
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::Record(e.to_string()))?;
+        if record.version != VM_RECORD_VERSION {
+            return Err(RegistryError::Record(format!(
+                "version {} (this build reads {VM_RECORD_VERSION})",
+                record.version
+            )));
+        }
+        let facts = domain_facts(&record.domain_xml)?;
+        if facts.name != record.name || facts.uuid != record.uuid {
+            return Err(RegistryError::Record(format!(
+                "the record says {:?} {} but its XML says {:?} {}",
+                record.name, record.uuid, facts.name, facts.uuid
+            )));
+        }
+        Ok(record)
+    }
+
+    pub fn need(&self) -> VmNeed {
+        VmNeed {
+            name: self.name.clone(),
+            priority: self.priority,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = "<domain type='test'>\n  <name>vm1</name>\n  <uuid>6695EB01-F6A4-8304-79AA-97F2502E193F</uuid>\n  <memory unit='MiB'>64</memory>\n  <vcpu>1</vcpu>\n  <os><type>hvm</type></os>\n</domain>";
+
+    #[test]
+    fn facts_come_from_the_xml() {
+        let facts = domain_facts(XML).expect("facts");
+        assert_eq!(facts.name, "vm1");
+        assert_eq!(facts.uuid, "6695eb01-f6a4-8304-79aa-97f2502e193f");
+        assert_eq!(facts.memory_mib, 64);
+        assert_eq!(facts.vcpus, 1);
+        let kib = XML.replace("<memory unit='MiB'>64</memory>", "<memory>131072</memory>");
+        assert_eq!(domain_facts(&kib).expect("facts").memory_mib, 128);
+    }
+
+    #[test]
+    fn missing_uuid_or_bad_xml_is_refused() {
+        let no_uuid = XML.replace("<uuid>6695EB01-F6A4-8304-79AA-97F2502E193F</uuid>", "");
+        assert_eq!(domain_facts(&no_uuid), Err(RegistryError::Missing("uuid")));
+        assert!(matches!(
+            domain_facts("<domain>"),
+            Err(RegistryError::Xml(_))
+        ));
+        assert!(matches!(
+            domain_facts("<network/>"),
+            Err(RegistryError::Xml(_))
+        ));
+    }
+
+    #[test]
+    fn records_round_trip_and_tampering_is_caught() {
+        let record = VmRecord::new(XML, Priority::High).expect("record");
+        let bytes = record.encode();
+        assert_eq!(VmRecord::decode(&bytes).expect("decode"), record);
+        let mut other = record.clone();
+        other.name = "vm2".to_string();
+        assert!(VmRecord::decode(&other.encode()).is_err());
+        assert!(VmRecord::decode(b"{}").is_err());
+        let mut newer = record;
+        newer.version = 2;
+        assert!(VmRecord::decode(&newer.encode()).is_err());
+    }
+}
