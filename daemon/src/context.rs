@@ -60,6 +60,25 @@ impl Context {
         })
     }
 
+    /// Kill every registered process holding a lease of `lockspace`, wait
+    /// until each has really exited (a process stuck in the kernel keeps
+    /// its leases registered, so the watchdog stays unfed), then forget
+    /// those leases.
+    pub fn kill_holders_of(&self, lockspace: &str) {
+        loop {
+            self.holders.kill_all(Some(lockspace));
+            if self.holders.all_exited(lockspace) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        for (pid, _, leases) in self.holders.snapshot() {
+            for key in leases.iter().filter(|(s, _)| s == lockspace) {
+                self.holders.remove_lease(pid, key);
+            }
+        }
+    }
+
     /// Write the state file from the current state.
     pub fn persist(&self) {
         let _guard = match self.persist_lock.lock() {

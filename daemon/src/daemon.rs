@@ -101,11 +101,55 @@ fn lock_run_dir(config: &Config) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// Kill the processes a previous daemon of this boot registered with leases
+/// in the lockspaces `dropped` selects, which this daemon will not take
+/// over (another host id, another device, a lockspace no longer
+/// configured): no lease of ours protects them.
+fn kill_orphans(context: &Context, state: &statefile::StateFile, dropped: impl Fn(&str) -> bool) {
+    for space in state.lockspaces.iter().filter(|s| dropped(&s.name)) {
+        let mut any = false;
+        for r in &space.resources {
+            let Some(holder) = state.holders.iter().find(|h| h.pid == r.pid) else {
+                continue;
+            };
+            if context.holders.is_registered(r.pid)
+                || context
+                    .holders
+                    .readopt(holder.pid, holder.start_time)
+                    .is_some()
+            {
+                let _ = context
+                    .holders
+                    .add_lease(r.pid, (space.name.clone(), r.name.clone()));
+                any = true;
+            }
+        }
+        if any {
+            context.events.emit(
+                Level::Error,
+                &space.name,
+                "orphans-killed",
+                format!(
+                    "the previous daemon's lockspace {} on {} is not taken over by this configuration: killing the lease holders it left",
+                    space.name, space.device
+                ),
+            );
+            context.kill_holders_of(&space.name);
+        }
+    }
+}
+
 /// What the state file lets us take over, per lockspace.
 fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, Takeover)> {
     let state = match statefile::read(&context.state_path) {
         Ok(statefile::Previous::ThisBoot(state)) if state.host_id == context.config.host_id => {
             state
+        }
+        Ok(statefile::Previous::ThisBoot(state)) => {
+            // Another host id: nothing of it can be taken over, and what
+            // it left running is protected by no lease of ours.
+            kill_orphans(context, &state, |_| true);
+            return BTreeMap::new();
         }
         Ok(statefile::Previous::EarlierBoot) => {
             context.events.emit(
@@ -190,10 +234,31 @@ pub fn run(config: Config) -> Result<i32> {
     };
     let watchdog = Arc::new(Mutex::new(watchdog));
 
-    let primary_takeover = takeovers
-        .remove(&config.lockspace)
-        .filter(|(p, _)| p.device == config.device)
-        .map(|(_, t)| t);
+    // Lockspaces of the state file this configuration does not take over:
+    // their holders are killed before anything else starts.
+    let dropped: Vec<String> = takeovers
+        .iter()
+        .filter(|(name, (p, _))| {
+            if **name == config.lockspace {
+                p.device != config.device
+            } else {
+                !p.added
+            }
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &dropped {
+        if takeovers.remove(name).is_some() {
+            context.events.emit(
+                Level::Error,
+                name,
+                "orphans-killed",
+                format!("lockspace {name} of the previous daemon is not in this configuration (or moved to another device): killing the lease holders it left"),
+            );
+            context.kill_holders_of(name);
+        }
+    }
+    let primary_takeover = takeovers.remove(&config.lockspace).map(|(_, t)| t);
     let primary = Space::start(
         Arc::clone(&context),
         space_config(
@@ -209,9 +274,6 @@ pub fn run(config: Config) -> Result<i32> {
         spaces.insert(config.lockspace.clone(), Arc::clone(&primary));
     }
     for (name, (persisted, takeover)) in takeovers {
-        if !persisted.added {
-            continue;
-        }
         let space_cfg = space_config(&config, &name, &persisted.device, persisted.io_timeout_ms)?;
         let space = Space::start(Arc::clone(&context), space_cfg, Some(takeover))
             .context("cannot start the renewal threads")?;

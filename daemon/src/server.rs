@@ -166,7 +166,7 @@ async fn connection(context: Arc<Context>, stream: UnixStream) {
                             "not a valid request: {e} (see docs/operations.md, control socket)"
                         ),
                     ),
-                    Ok(request) => handle(&context, request).await,
+                    Ok(request) => handle(&context, Peer { uid, pid }, request).await,
                 },
             }
         };
@@ -235,7 +235,46 @@ async fn space_job<T: serde::Serialize>(
     }
 }
 
-async fn handle(context: &Arc<Context>, request: Request) -> Reply {
+/// The parent of `pid`, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')?.checked_add(1)?..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Root may register any process; anyone else only itself or one of its
+/// descendants (a holder gets SIGKILL on self-fencing).
+fn may_register(peer: Peer, pid: i32) -> Result<(), String> {
+    if peer.uid == 0 {
+        return Ok(());
+    }
+    let Some(peer_pid) = peer.pid else {
+        return Err("cannot tell which process is asking".to_string());
+    };
+    let mut current = pid;
+    for _ in 0..64 {
+        if current == peer_pid {
+            return Ok(());
+        }
+        match parent_of(current) {
+            Some(parent) if parent > 1 => current = parent,
+            _ => break,
+        }
+    }
+    Err(format!(
+        "uid {} may register only its own process or its descendants, not pid {pid}",
+        peer.uid
+    ))
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: u32,
+    pid: Option<i32>,
+}
+
+async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
     match request {
         Request::Status {} => Reply::success(status(context)),
         Request::Hosts { lockspace } => match context.space(lockspace.as_deref()) {
@@ -255,7 +294,10 @@ async fn handle(context: &Arc<Context>, request: Request) -> Reply {
                 ),
             }
         }
-        Request::Register { pid } => register(context, pid),
+        Request::Register { pid } => match may_register(peer, pid) {
+            Ok(()) => register(context, pid),
+            Err(message) => Reply::failure(ErrorKind::PermissionDenied, message),
+        },
         Request::Unregister { pid } => match context.holders.remove(pid) {
             Some(leases) => {
                 release_all_of(context, pid, &leases);
@@ -549,6 +591,17 @@ async fn add_lockspace(
     if let Err(e) = lease::timeouts::Timeouts::validate_io_timeout_ms(io_timeout_ms) {
         return Reply::failure(ErrorKind::BadRequest, e);
     }
+    // The watchdog and the guard tick are set for the configured io_timeout:
+    // a lockspace with a shorter one would be taken over before they act.
+    if context.config.watchdog_device.is_some() && io_timeout_ms < context.config.io_timeout_ms {
+        return Reply::failure(
+            ErrorKind::BadRequest,
+            format!(
+                "io_timeout {io_timeout_ms} ms is below this host's {} ms, which its watchdog is set for",
+                context.config.io_timeout_ms
+            ),
+        );
+    }
     let config = match crate::daemon::space_config(&context.config, &name, &device, io_timeout_ms) {
         Ok(config) => config,
         Err(e) => return Reply::failure(ErrorKind::BadRequest, e.to_string()),
@@ -603,8 +656,21 @@ async fn remove_lockspace(context: &Arc<Context>, name: String) -> Reply {
         Ok(space) => space,
         Err(e) => return error_reply(e),
     };
+    // Refuse new acquires, let every queued job finish, then look.
+    space
+        .closing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Err(e) = run_job(&space, |reply| Job::Barrier { reply }).await {
+        space
+            .closing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        return error_reply(e);
+    }
     let held = space.status().resources.len();
     if held > 0 {
+        space
+            .closing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         return Reply::failure(
             ErrorKind::Conflict,
             format!("{held} lease(s) are held in {name:?}; release them first"),

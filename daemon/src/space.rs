@@ -114,6 +114,10 @@ pub enum Job {
     },
     /// A holder exited or unregistered: release its leases here.
     ReleaseAllOf { pid: i32 },
+    /// Answered once every job queued before it is done.
+    Barrier {
+        reply: tokio::sync::oneshot::Sender<Result<(), JobError>>,
+    },
 }
 
 /// A failed job, with the kind the client sees.
@@ -156,6 +160,8 @@ pub struct Space {
     /// Our clock when the renewal thread last finished an attempt, good or
     /// bad: proof that it is not wedged (for systemd's watchdog).
     last_attempt_ms: std::sync::atomic::AtomicU64,
+    /// Set while the lockspace is being removed: acquires are refused.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 fn clock() -> SystemClock {
@@ -189,6 +195,7 @@ impl Space {
             phase_changed: Condvar::new(),
             threads: Mutex::new(Vec::new()),
             last_attempt_ms: std::sync::atomic::AtomicU64::new(clock().now_ms()),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let renewal = Arc::clone(&space);
         let renewal = std::thread::Builder::new()
@@ -455,8 +462,6 @@ impl Space {
             if self.stopping() {
                 return None;
             }
-            // A takeover that failed on an I/O error is tried again: its
-            // holders must be killed before any fresh join.
             let pending = takeover.clone();
             let attempt = self.open().and_then(|(disk, space)| {
                 let lease = match takeover.take() {
@@ -487,7 +492,18 @@ impl Space {
                     return None;
                 }
                 Err(error) => {
-                    takeover = pending;
+                    // The holders of a takeover we cannot confirm are not
+                    // protected: kill them now rather than after the
+                    // others may count this host dead.
+                    if pending.as_ref().is_some_and(|t| !t.resources.is_empty()) {
+                        self.emit(
+                            Level::Error,
+                            "takeover-failed",
+                            format!("cannot confirm the previous daemon's lease ({error}); killing the holders it left"),
+                        );
+                        self.kill_unprotected_holders();
+                    }
+                    takeover = None;
                     self.emit(
                         Level::Warn,
                         "join-retry",
@@ -525,7 +541,8 @@ impl Space {
             Ok(mut lease)
                 if lease.record.generation == previous.generation
                     && lease.record.nonce == previous.nonce
-                    && lease.record.flags.watchdog == self.config.watchdog =>
+                    && lease.record.flags.watchdog == self.config.watchdog
+                    && lease.record.io_timeout_ms == self.config.io_timeout_ms =>
             {
                 // The record's timestamp is the previous daemon's clock at
                 // its last write, and that clock is ours (same boot): its
@@ -568,17 +585,18 @@ impl Space {
                     "takeover-refused",
                     "the previous daemon's lease cannot be taken over (changed, fenced or past its deadline): killing the holders it left and joining anew",
                 );
-                for (pidfd, _) in self.context.holders.kill_all(Some(&self.config.name)) {
-                    pidfd.wait_exit(u64::from(self.config.io_timeout_ms));
-                }
-                for (pid, _, leases) in self.context.holders.snapshot() {
-                    for key in leases.iter().filter(|(s, _)| *s == self.config.name) {
-                        self.context.holders.remove_lease(pid, key);
-                    }
-                }
+                self.kill_unprotected_holders();
                 Ok(None)
             }
         }
+    }
+
+    /// Kill every process holding a lease of this lockspace that no delta
+    /// lease of ours protects (a takeover that failed), wait until each has
+    /// really exited, then forget their leases here.
+    fn kill_unprotected_holders(&self) {
+        self.context.kill_holders_of(&self.config.name);
+        self.lock().resources.clear();
     }
 
     fn renewal_thread(self: Arc<Self>, takeover: Option<Takeover>) {
@@ -873,6 +891,9 @@ impl Space {
                     let result = self.release(disk.as_ref(), space, &resource, Some(pid));
                     let _ = reply.send(result);
                 }
+                Some(Job::Barrier { reply }) => {
+                    let _ = reply.send(Ok(()));
+                }
                 Some(Job::Inquire { resource, reply }) => {
                     let _ = reply.send(self.inquire(disk.as_ref(), space, &resource));
                 }
@@ -966,7 +987,26 @@ impl Space {
                 ))
             };
         }
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) || self.stopping() {
+            return Err(JobError::new(
+                ErrorKind::NotJoined,
+                format!("lockspace {} is being removed", self.config.name),
+            ));
+        }
         let (owner, dead_hosts) = self.joined_owner()?;
+        // A release of this name whose outcome is unknown must finish
+        // first: run later, it would undo the acquire we are about to make.
+        if self
+            .lock()
+            .pending_release
+            .iter()
+            .any(|(name, o)| name == resource && *o == owner)
+        {
+            return Err(JobError::new(
+                ErrorKind::Storage,
+                format!("an earlier release of {resource} is still waiting for the device; try again once it answers"),
+            ));
+        }
         let request = NamedAcquire {
             name: resource.to_string(),
             owner,
@@ -982,18 +1022,25 @@ impl Space {
                     pid,
                 };
                 // Still the same incarnation, and the holder still there?
+                // Both recorded under the state lock: a self-fence takes
+                // that lock first, so it either sees the lease (and kills
+                // its holder) or we see the self-fence.
                 let still = {
                     let mut state = self.lock();
                     let same = state.phase == Phase::Joined
                         && state.lease.as_ref().map(DeltaLease::owner) == Some(owner);
-                    if same {
+                    let key = (self.config.name.clone(), resource.to_string());
+                    if same && self.context.holders.add_lease(pid, key).is_ok() {
                         state.resources.insert(resource.to_string(), held.clone());
+                        state
+                            .pending_release
+                            .retain(|(name, o)| !(name == resource && *o == owner));
+                        true
+                    } else {
+                        false
                     }
-                    same
                 };
-                let key = (self.config.name.clone(), resource.to_string());
-                if !still || self.context.holders.add_lease(pid, key).is_err() {
-                    self.lock().resources.remove(resource);
+                if !still {
                     let _ = self.release_lease(disk, space, resource, &held, owner);
                     return Err(JobError::new(
                         ErrorKind::NotJoined,
@@ -1284,16 +1331,31 @@ impl Space {
             return Ok(());
         };
         let (disk, _) = self.open()?;
+        // Every release is tried; one that fails does not keep us from
+        // leaving (leaving raises the floor, which ends those leases too).
         for (name, held) in &resources {
-            self.release_lease(disk.as_ref(), &space, name, held, lease.owner())?;
+            if let Err(e) = self.release_lease(disk.as_ref(), &space, name, held, lease.owner()) {
+                self.emit(
+                    Level::Warn,
+                    "release-failed",
+                    format!("releasing {name} on leave: {e}"),
+                );
+            }
         }
         let pending = std::mem::take(&mut self.lock().pending_release);
         for (name, owner) in pending {
-            run(
+            let released = run(
                 resource::release(&space, &name, owner),
                 disk.as_ref(),
                 &clock(),
-            )?;
+            );
+            if let Err(e) = released {
+                self.emit(
+                    Level::Warn,
+                    "release-failed",
+                    format!("releasing {name} on leave: {e}"),
+                );
+            }
         }
         run(delta::leave(&space, &lease), disk.as_ref(), &clock())?;
         {
@@ -1322,6 +1384,9 @@ fn fail_job(job: Job, error: JobError) {
             let _ = reply.send(Err(error));
         }
         Job::Inquire { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Barrier { reply } => {
             let _ = reply.send(Err(error));
         }
         Job::ReleaseAllOf { .. } => {}

@@ -100,9 +100,12 @@ impl Session {
                     } else {
                         0x04
                     };
-                    session
-                        .command(NetFn::App, APP_SET_SESSION_PRIVILEGE, vec![level])
-                        .map_err(|e| match e {
+                    if let Err(e) =
+                        session.command(NetFn::App, APP_SET_SESSION_PRIVILEGE, vec![level])
+                    {
+                        // Give the BMC its session slot back before failing.
+                        session.close_in_place();
+                        return Err(match e {
                             FenceError::Device { device, reason } => FenceError::Device {
                                 device,
                                 reason: format!(
@@ -111,7 +114,8 @@ impl Session {
                                 ),
                             },
                             other => other,
-                        })?;
+                        });
+                    }
                     return Ok(session);
                 }
                 Err(e) => last = Some(format!("{e:?}")),
@@ -171,6 +175,10 @@ impl Session {
     /// Close the session (best effort): Get Session Info for the current
     /// session's handle, then Close Session by handle.
     pub fn close(mut self) {
+        self.close_in_place();
+    }
+
+    fn close_in_place(&mut self) {
         let handle = self
             .command(NetFn::App, APP_GET_SESSION_INFO, vec![0x00])
             .ok()
