@@ -67,8 +67,17 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        self.writer.write_all(line.as_bytes()).map_err(io)?;
-        self.writer.write_all(b"\n").map_err(io)?;
+        let written = self
+            .writer
+            .write_all(line.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"));
+        if let Err(e) = written {
+            // The daemon may have answered and closed before reading (a
+            // refused peer): its answer is still there to read.
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(io(e));
+            }
+        }
         let mut answer = String::new();
         let read = self
             .reader

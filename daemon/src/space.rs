@@ -162,6 +162,11 @@ pub struct Space {
     last_attempt_ms: std::sync::atomic::AtomicU64,
     /// Set while the lockspace is being removed: acquires are refused.
     pub closing: std::sync::atomic::AtomicBool,
+    /// The device handle that writes our host sector, kept across join
+    /// attempts, rejoins and the final leave: the io_uring engine refuses
+    /// a write that an earlier timed-out write of the same handle could
+    /// overtake, which only works if it is the same handle.
+    host_disk: Mutex<Option<(BoxedDisk, Lockspace)>>,
 }
 
 fn clock() -> SystemClock {
@@ -196,6 +201,7 @@ impl Space {
             threads: Mutex::new(Vec::new()),
             last_attempt_ms: std::sync::atomic::AtomicU64::new(clock().now_ms()),
             closing: std::sync::atomic::AtomicBool::new(false),
+            host_disk: Mutex::new(None),
         });
         let renewal = Arc::clone(&space);
         let renewal = std::thread::Builder::new()
@@ -463,19 +469,35 @@ impl Space {
                 return None;
             }
             let pending = takeover.clone();
-            let attempt = self.open().and_then(|(disk, space)| {
-                let lease = match takeover.take() {
-                    Some(previous) => self.try_takeover(disk.as_ref(), &space, previous)?,
-                    None => None,
-                };
-                let lease = match lease {
-                    Some(lease) => lease,
-                    None => {
-                        let op = delta::join(&space, self.join_request());
-                        run(op, disk.as_ref(), &clock())?
+            let parked = self.park_host_disk(None);
+            let attempt = match parked {
+                Some(opened) => Ok(opened),
+                None => self.open(),
+            }
+            .and_then(|(disk, space)| {
+                let joined = (|| {
+                    let lease = match takeover.take() {
+                        Some(previous) => self.try_takeover(disk.as_ref(), &space, previous)?,
+                        None => None,
+                    };
+                    match lease {
+                        Some(lease) => Ok(lease),
+                        None => run(
+                            delta::join(&space, self.join_request()),
+                            disk.as_ref(),
+                            &clock(),
+                        ),
                     }
-                };
-                Ok((disk, space, lease))
+                })();
+                match joined {
+                    Ok(lease) => Ok((disk, space, lease)),
+                    Err(e) => {
+                        // Keep the handle: a write of this attempt may
+                        // still be in flight.
+                        self.park_host_disk(Some((disk, space)));
+                        Err(e)
+                    }
+                }
             });
             match attempt {
                 Ok(joined) => return Some(joined),
@@ -517,6 +539,24 @@ impl Space {
                     }
                 }
             }
+        }
+    }
+
+    /// Put the host-sector handle aside (Some) or take it back (None).
+    fn park_host_disk(
+        &self,
+        handle: Option<(BoxedDisk, Lockspace)>,
+    ) -> Option<(BoxedDisk, Lockspace)> {
+        let mut slot = match self.host_disk.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match handle {
+            Some(handle) => {
+                *slot = Some(handle);
+                None
+            }
+            None => slot.take(),
         }
     }
 
@@ -640,11 +680,14 @@ impl Space {
             );
             self.context.persist();
             if !self.renew_loop(disk.as_ref(), &space, raise_floor) {
+                // Stopped: `leave` writes with this same handle.
+                self.park_host_disk(Some((disk, space)));
                 return;
             }
             // Self-fenced: wait for the holders to die, release what we
             // can, then join again with a new generation.
             self.after_self_fence(disk.as_ref(), &space);
+            self.park_host_disk(Some((disk, space)));
             if self.stopping() {
                 return;
             }
@@ -1330,7 +1373,10 @@ impl Space {
             self.set_phase(Phase::Left);
             return Ok(());
         };
-        let (disk, _) = self.open()?;
+        let (disk, _) = match self.park_host_disk(None) {
+            Some(handle) => handle,
+            None => self.open()?,
+        };
         // Every release is tried; one that fails does not keep us from
         // leaving (leaving raises the floor, which ends those leases too).
         for (name, held) in &resources {
