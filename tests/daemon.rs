@@ -621,3 +621,40 @@ fn systemd_hears_ready_and_watchdog_keepalives() {
     assert!(seen.contains("WATCHDOG=1"), "{seen}");
     drop(a);
 }
+
+#[test]
+fn register_unregister_cycles_leak_no_descriptors() {
+    let c = cluster("fdleak");
+    let a = Host::start(&c.root, HostSpec::new(1, &c.path, T_MS));
+    a.wait_joined();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("sleep");
+    let pid = i32::try_from(sleeper.id()).expect("pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", a.daemon_pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let mut client = a.client().expect("connect");
+    let before = fds();
+    for _ in 0..200 {
+        assert!(client.call(&Request::Register { pid }).expect("answer").ok);
+        assert!(
+            client
+                .call(&Request::Unregister { pid })
+                .expect("answer")
+                .ok
+        );
+    }
+    // Let the aborted watches be dropped.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = fds();
+    assert!(
+        after < before + 20,
+        "descriptors grew from {before} to {after}"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

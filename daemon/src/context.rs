@@ -23,6 +23,8 @@ pub struct Context {
     /// generation is over (raised as the floor at the first renewal).
     pub rebooted: std::sync::atomic::AtomicBool,
     persist_lock: Mutex<()>,
+    /// The task watching each registered pid for its exit.
+    exit_watches: Mutex<BTreeMap<i32, tokio::task::AbortHandle>>,
 }
 
 impl Context {
@@ -37,6 +39,7 @@ impl Context {
             state_path,
             rebooted: std::sync::atomic::AtomicBool::new(false),
             persist_lock: Mutex::new(()),
+            exit_watches: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -58,6 +61,25 @@ impl Context {
             kind: ErrorKind::NotFound,
             message: format!("no lockspace named {name:?} on this host"),
         })
+    }
+
+    /// Set (Some) or clear (None) the exit watch of `pid`, returning the
+    /// previous one for the caller to stop.
+    pub fn replace_exit_watch(
+        &self,
+        pid: i32,
+        watch: Option<tokio::task::AbortHandle>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let mut watches = match self.exit_watches.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Watches of processes that exited are done; drop them here.
+        watches.retain(|_, handle| !handle.is_finished());
+        match watch {
+            Some(handle) => watches.insert(pid, handle),
+            None => watches.remove(&pid),
+        }
     }
 
     /// Kill every registered process holding a lease of `lockspace`, wait

@@ -300,6 +300,9 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
         },
         Request::Unregister { pid } => match context.holders.remove(pid) {
             Some(leases) => {
+                if let Some(watch) = context.replace_exit_watch(pid, None) {
+                    watch.abort();
+                }
                 release_all_of(context, pid, &leases);
                 context.persist();
                 Reply::success(serde_json::json!({ "pid": pid, "leases_released": leases.len() }))
@@ -511,7 +514,9 @@ fn register(context: &Arc<Context>, pid: i32) -> Reply {
 
 /// Watch a holder's pidfd; when the process exits, release its leases.
 pub fn watch_exit(context: Arc<Context>, pidfd: Pidfd) {
-    tokio::spawn(async move {
+    let pid = pidfd.pid;
+    let watches = Arc::clone(&context);
+    let task = tokio::spawn(async move {
         let pid = pidfd.pid;
         // SAFETY: the pidfd is owned by the AsyncFd, which is dropped (and
         // deregistered) before the fd is closed; nothing else closes it.
@@ -537,6 +542,10 @@ pub fn watch_exit(context: Arc<Context>, pidfd: Pidfd) {
         }
         holder_exited(&context, pid);
     });
+    // One watch per registered pid: a new one replaces (and stops) the old.
+    if let Some(old) = watches.replace_exit_watch(pid, Some(task.abort_handle())) {
+        old.abort();
+    }
 }
 
 fn holder_exited(context: &Context, pid: i32) {
