@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # the hung-device and storage-fault tests, fuse3 for nbdfuse, setpriv
 # (util-linux) for the foreign-uid test, and for the fencing tests a real
 # BMC implementation (ipmi_sim from openipmi) with ipmitool and
-# fence_ipmilan (fence-agents) to cross-check it.
+# fence_ipmilan (fence-agents) to cross-check it; libvirt-dev (and
+# pkg-config) to build the daemon's libvirt client.
 packages=()
 command -v losetup >/dev/null || packages+=(util-linux)
 command -v nbdkit >/dev/null || packages+=(nbdkit)
@@ -18,6 +19,9 @@ command -v fusermount3 >/dev/null || packages+=(fuse3)
 command -v ipmi_sim >/dev/null || packages+=(openipmi)
 command -v ipmitool >/dev/null || packages+=(ipmitool)
 command -v fence_ipmilan >/dev/null || packages+=(fence-agents)
+# libvirt's client library and headers for the daemon's hypervisor module.
+command -v pkg-config >/dev/null || packages+=(pkg-config)
+pkg-config --exists libvirt 2>/dev/null || packages+=(libvirt-dev)
 if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: need root to install ${packages[*]}" >&2

@@ -28,6 +28,8 @@ pub mod events;
 pub mod fence;
 pub mod fencing;
 pub mod holders;
+#[cfg(feature = "libvirt")]
+pub mod hypervisor;
 pub mod monitor;
 pub mod placement;
 pub mod protocol;
