@@ -104,18 +104,24 @@ fn between_ms(from: &str, to: &str) -> i64 {
     ms(to) - ms(from)
 }
 
-fn fence_a_silent_host(method: Method, label: &str) {
-    let c = cluster(label, method, PASSWORD);
-    let [victim, survivors @ ..] = &c.hosts[..] else {
-        unreachable!()
-    };
-    let mut holder = victim.spawn_holder(&["vm1"]).expect("acquire on host 1");
+/// A holder of vm1 on host 1, once every survivor sees host 1 live.
+fn holder_seen_live(victim: &Host, survivors: &[Host]) -> std::process::Child {
+    let holder = victim.spawn_holder(&["vm1"]).expect("acquire on host 1");
     for s in survivors {
         wait_long(Duration::from_secs(20), || {
             s.host_state(1).filter(|h| h.state == "live")
         })
         .expect("host 1 live");
     }
+    holder
+}
+
+fn fence_a_silent_host(method: Method, label: &str) {
+    let c = cluster(label, method, PASSWORD);
+    let [victim, survivors @ ..] = &c.hosts[..] else {
+        unreachable!()
+    };
+    let mut holder = holder_seen_live(victim, survivors);
     let old_generation = victim.wait_joined().lockspaces[0].generation;
     // Only paused, not dead: the daemon would resume if let.
     victim.stop();
@@ -196,13 +202,7 @@ fn a_failing_fence_is_retried_loudly_and_nothing_is_taken_over() {
     let [victim, survivors @ ..] = &c.hosts[..] else {
         unreachable!()
     };
-    let mut holder = victim.spawn_holder(&["vm1"]).expect("acquire on host 1");
-    for s in survivors {
-        wait_long(Duration::from_secs(20), || {
-            s.host_state(1).filter(|h| h.state == "live")
-        })
-        .expect("host 1 live");
-    }
+    let mut holder = holder_seen_live(victim, survivors);
     victim.stop();
     wait_long(Duration::from_secs(60), || {
         (count_events(survivors, "fence-failed") >= 3).then_some(())
