@@ -658,3 +658,71 @@ fn register_unregister_cycles_leak_no_descriptors() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+#[test]
+fn group_members_use_the_socket_but_register_only_their_own_processes() {
+    let group = "leaseholdtest";
+    let added = std::process::Command::new("groupadd")
+        .args(["-f", group])
+        .status()
+        .expect("groupadd");
+    assert!(added.success());
+    let gid = nix::unistd::Group::from_name(group)
+        .expect("lookup")
+        .expect("group exists")
+        .gid
+        .as_raw();
+    let c = cluster("group");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&c.root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut spec = HostSpec::new(1, &c.path, T_MS);
+    spec.socket_group = Some(group.to_string());
+    let a = Host::start(&c.root, spec);
+    a.wait_joined();
+    std::fs::set_permissions(
+        a.socket.parent().expect("dir"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let as_member = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534"])
+            .arg(format!("--groups={gid}"))
+            .arg(leasehold_tests::leasehold_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&a.socket)
+            .output()
+            .expect("setpriv")
+    };
+    // A member may look.
+    let status = as_member(&["status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // But not register someone else's process (it would be SIGKILLed on self-fence).
+    let foreign = as_member(&["client", "register", "--pid", "1"]);
+    assert!(!foreign.status.success());
+    assert!(
+        String::from_utf8_lossy(&foreign.stderr).contains("only its own process"),
+        "{}",
+        String::from_utf8_lossy(&foreign.stderr)
+    );
+    // Its own process, yes: `client run` registers itself and execs.
+    let own = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534"])
+        .arg(format!("--groups={gid}"))
+        .arg(leasehold_tests::leasehold_bin())
+        .args(["client", "run", "--resource", "vmg", "--socket"])
+        .arg(&a.socket)
+        .args(["--", "true"])
+        .output()
+        .expect("setpriv");
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+}

@@ -29,6 +29,8 @@ pub struct HostSpec {
     pub secrets: Option<PathBuf>,
     /// UDP port of this host's simulated BMC, when it has one.
     pub bmc_port: Option<u16>,
+    /// control.group: members may use the socket.
+    pub socket_group: Option<String>,
 }
 
 impl HostSpec {
@@ -43,6 +45,7 @@ impl HostSpec {
             env: Vec::new(),
             secrets: None,
             bmc_port: None,
+            socket_group: None,
         }
     }
 
@@ -137,13 +140,18 @@ impl Host {
             String::new()
         };
         let text = format!(
-            "[host]\nid = {id}\nname = \"{name}\"\n\n[lockspace]\nname = \"test\"\ndevice = \"{device}\"\nio_timeout_ms = {t}\n\n[control]\nsocket = \"{socket}\"\n\n[paths]\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\nevent_log = \"{events}\"\n{secrets}\n{watchdog}{extra}\n",
+            "[host]\nid = {id}\nname = \"{name}\"\n\n[lockspace]\nname = \"test\"\ndevice = \"{device}\"\nio_timeout_ms = {t}\n\n[control]\nsocket = \"{socket}\"\n{group}\n[paths]\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\nevent_log = \"{events}\"\n{secrets}\n{watchdog}{extra}\n",
             id = spec.id,
             name = spec.name,
             device = spec.device,
             t = spec.io_timeout_ms,
             socket = socket.display(),
             run = dir.join("run").display(),
+            group = spec
+                .socket_group
+                .as_ref()
+                .map(|g| format!("group = \"{g}\"\n"))
+                .unwrap_or_default(),
             state = dir.join("state").display(),
             events = dir.join("events.jsonl").display(),
             secrets = spec
