@@ -203,22 +203,29 @@ impl Space {
             closing: std::sync::atomic::AtomicBool::new(false),
             host_disk: Mutex::new(None),
         });
-        let renewal = Arc::clone(&space);
-        let renewal = std::thread::Builder::new()
-            .name(format!("renew-{}", space.config.name))
-            .spawn(move || renewal.renewal_thread(takeover))?;
-        let worker = Arc::clone(&space);
-        let worker = std::thread::Builder::new()
-            .name(format!("worker-{}", space.config.name))
-            .spawn(move || worker.worker_thread(receiver))?;
-        let fencer = Arc::clone(&space);
-        let fencer = std::thread::Builder::new()
-            .name(format!("fence-{}", space.config.name))
-            .spawn(move || crate::fencing::fencing_thread(fencer))?;
-        if let Ok(mut threads) = space.threads.lock() {
-            threads.push(renewal);
-            threads.push(worker);
-            threads.push(fencer);
+        // Each thread is recorded as soon as it runs; if a later one cannot
+        // be started, the earlier ones are stopped again.
+        let spawned = (|| -> std::io::Result<()> {
+            let renewal = Arc::clone(&space);
+            let handle = std::thread::Builder::new()
+                .name(format!("renew-{}", space.config.name))
+                .spawn(move || renewal.renewal_thread(takeover))?;
+            space.record_thread(handle);
+            let worker = Arc::clone(&space);
+            let handle = std::thread::Builder::new()
+                .name(format!("worker-{}", space.config.name))
+                .spawn(move || worker.worker_thread(receiver))?;
+            space.record_thread(handle);
+            let fencer = Arc::clone(&space);
+            let handle = std::thread::Builder::new()
+                .name(format!("fence-{}", space.config.name))
+                .spawn(move || crate::fencing::fencing_thread(fencer))?;
+            space.record_thread(handle);
+            Ok(())
+        })();
+        if let Err(e) = spawned {
+            space.request_stop();
+            return Err(e);
         }
         Ok(space)
     }
@@ -311,7 +318,14 @@ impl Space {
         }
     }
 
-    /// Stop both threads and wait for them to finish.
+    fn record_thread(&self, handle: std::thread::JoinHandle<()>) {
+        match self.threads.lock() {
+            Ok(mut threads) => threads.push(handle),
+            Err(poisoned) => poisoned.into_inner().push(handle),
+        }
+    }
+
+    /// Stop the lockspace's threads and wait for them to finish.
     pub fn stop_and_join(&self) {
         self.request_stop();
         let threads = match self.threads.lock() {
