@@ -646,14 +646,13 @@ fn fence_from_file(
                     Some("agent options other than action and password (passwords go in the secrets file)"),
                 ));
             }
-            for field in ["address", "port", "user", "cipher", "privilege"] {
-                let present = match field {
-                    "address" => fence.address.is_some(),
-                    "port" => fence.port.is_some(),
-                    "user" => fence.user.is_some(),
-                    "cipher" => fence.cipher.is_some(),
-                    _ => fence.privilege.is_some(),
-                };
+            for (field, present) in [
+                ("address", fence.address.is_some()),
+                ("port", fence.port.is_some()),
+                ("user", fence.user.is_some()),
+                ("cipher", fence.cipher.is_some()),
+                ("privilege", fence.privilege.is_some()),
+            ] {
                 unexpected(field, present, "agent")?;
             }
             Ok(Fence::Agent {

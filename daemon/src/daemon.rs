@@ -101,56 +101,23 @@ fn lock_run_dir(config: &Config) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Kill the processes a previous daemon of this boot registered with leases
-/// in the lockspaces `dropped` selects, which this daemon will not take
-/// over (another host id, another device, a lockspace no longer
-/// configured): no lease of ours protects them.
-fn kill_orphans(context: &Context, state: &statefile::StateFile, dropped: impl Fn(&str) -> bool) {
-    for space in state.lockspaces.iter().filter(|s| dropped(&s.name)) {
-        let mut any = false;
-        for r in &space.resources {
-            let Some(holder) = state.holders.iter().find(|h| h.pid == r.pid) else {
-                continue;
-            };
-            if context.holders.is_registered(r.pid)
-                || context
-                    .holders
-                    .readopt(holder.pid, holder.start_time)
-                    .is_some()
-            {
-                let _ = context
-                    .holders
-                    .add_lease(r.pid, (space.name.clone(), r.name.clone()));
-                any = true;
-            }
-        }
-        if any {
-            context.events.emit(
-                Level::Error,
-                &space.name,
-                "orphans-killed",
-                format!(
-                    "the previous daemon's lockspace {} on {} is not taken over by this configuration: killing the lease holders it left",
-                    space.name, space.device
-                ),
-            );
-            context.kill_holders_of(&space.name);
-        }
-    }
+/// Kill the lease holders a previous daemon left in `lockspace`, which this
+/// daemon will not take over (another host id, another device, a lockspace
+/// no longer configured): no lease of ours protects them.
+fn kill_orphans(context: &Context, lockspace: &str) {
+    context.events.emit(
+        Level::Error,
+        lockspace,
+        "orphans-killed",
+        format!("lockspace {lockspace} of the previous daemon is not taken over by this configuration (another host id or device, or no longer configured): killing the lease holders it left"),
+    );
+    context.kill_holders_of(lockspace);
 }
 
 /// What the state file lets us take over, per lockspace.
 fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, Takeover)> {
     let state = match statefile::read(&context.state_path) {
-        Ok(statefile::Previous::ThisBoot(state)) if state.host_id == context.config.host_id => {
-            state
-        }
-        Ok(statefile::Previous::ThisBoot(state)) => {
-            // Another host id: nothing of it can be taken over, and what
-            // it left running is protected by no lease of ours.
-            kill_orphans(context, &state, |_| true);
-            return BTreeMap::new();
-        }
+        Ok(statefile::Previous::ThisBoot(state)) => state,
         Ok(statefile::Previous::EarlierBoot) => {
             context.events.emit(
                 Level::Info,
@@ -212,6 +179,13 @@ fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, 
         };
         result.insert(space.name.clone(), (space, takeover));
     }
+    if state.host_id != context.config.host_id {
+        // Another host id: nothing of it can be taken over.
+        for name in result.keys() {
+            kill_orphans(context, name);
+        }
+        return BTreeMap::new();
+    }
     result
 }
 
@@ -249,13 +223,7 @@ pub fn run(config: Config) -> Result<i32> {
         .collect();
     for name in &dropped {
         if takeovers.remove(name).is_some() {
-            context.events.emit(
-                Level::Error,
-                name,
-                "orphans-killed",
-                format!("lockspace {name} of the previous daemon is not in this configuration (or moved to another device): killing the lease holders it left"),
-            );
-            context.kill_holders_of(name);
+            kill_orphans(&context, name);
         }
     }
     let primary_takeover = takeovers.remove(&config.lockspace).map(|(_, t)| t);

@@ -161,7 +161,7 @@ pub fn fencing_thread(space: Arc<Space>) {
             let said = announced.get(&raw).map(|(g, what)| (*g, what.clone()));
             let mut announce = |what: &str, level: Level, kind: &str, message: String| {
                 if said.as_ref() != Some(&(generation, what.to_string())) {
-                    space.emit_event(level, kind, message);
+                    space.emit(level, kind, message);
                     announced.insert(raw, (generation, what.to_string()));
                 }
             };
@@ -193,12 +193,7 @@ pub fn fencing_thread(space: Arc<Space>) {
                 }
             }
             if device.is_none() {
-                match lease::open::open_lockspace(
-                    &space.config.device,
-                    space.config.engine,
-                    space.config.sector_size_bytes,
-                    Some(&space.config.name),
-                ) {
+                match space.open() {
                     Ok(opened) => device = Some(opened),
                     Err(e) => {
                         tracing::warn!("fencing cannot open the device: {e}");
@@ -246,7 +241,7 @@ pub fn fencing_thread(space: Arc<Space>) {
                     continue;
                 }
             };
-            space.emit_event(
+            space.emit(
                 Level::Warn,
                 "fencing",
                 format!(
@@ -267,14 +262,14 @@ pub fn fencing_thread(space: Arc<Space>) {
                         method: device_to_use.method(),
                     };
                     match run(delta::mark_fenced(ls, mark), disk.as_ref(), &SystemClock) {
-                        Ok(_) => space.emit_event(
+                        Ok(_) => space.emit(
                             Level::Warn,
                             "fenced",
                             format!(
                                 "host {raw} ({name}) powered off (confirmed) in {took_ms} ms; generation {generation} marked FENCED, its leases may be taken"
                             ),
                         ),
-                        Err(e) => space.emit_event(
+                        Err(e) => space.emit(
                             Level::Error,
                             "fence-mark-failed",
                             format!("host {raw} ({name}) is off but the FENCED mark could not be written: {e}; retrying"),
@@ -297,7 +292,7 @@ pub fn fencing_thread(space: Arc<Space>) {
                         .min(RETRY_CAP_MS);
                     entry.attempts = entry.attempts.saturating_add(1);
                     entry.next_ms = SystemClock.now_ms() + delay_ms;
-                    space.emit_event(
+                    space.emit(
                         Level::Error,
                         "fence-failed",
                         format!(
@@ -321,12 +316,7 @@ pub fn confirm(space: &Space, victim: HostId) -> Result<u64, LeaseError> {
 
 /// Write the FENCED mark for `victim`'s current generation.
 pub fn mark(space: &Space, victim: HostId, method: FenceMethod) -> Result<u64, LeaseError> {
-    let (disk, ls) = lease::open::open_lockspace(
-        &space.config.device,
-        space.config.engine,
-        space.config.sector_size_bytes,
-        Some(&space.config.name),
-    )?;
+    let (disk, ls) = space.open()?;
     let record = run(ls.read_host_op(victim), disk.as_ref(), &SystemClock)?;
     let mark = FenceMark {
         victim,

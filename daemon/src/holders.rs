@@ -56,14 +56,7 @@ impl Pidfd {
 
     /// Has the process exited? (A pidfd polls readable once it has.)
     pub fn exited(&self) -> bool {
-        let mut poll = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let rc = unsafe { libc::poll(&mut poll, 1, 0) };
-        rc > 0 && poll.revents & (libc::POLLIN | libc::POLLHUP) != 0
+        self.wait_exit(0)
     }
 
     /// Wait up to `timeout_ms` for the process to exit.

@@ -237,7 +237,8 @@ impl Space {
         }
     }
 
-    fn emit(&self, level: Level, kind: &str, message: impl Into<String>) {
+    /// Record an event of this lockspace.
+    pub fn emit(&self, level: Level, kind: &str, message: impl Into<String>) {
         self.context
             .events
             .emit(level, &self.config.name, kind, message);
@@ -276,11 +277,6 @@ impl Space {
 
     pub fn context(&self) -> &Context {
         &self.context
-    }
-
-    /// Record an event of this lockspace.
-    pub fn emit_event(&self, level: Level, kind: &str, message: impl Into<String>) {
-        self.emit(level, kind, message);
     }
 
     /// Sleep until `deadline_ms` on our clock or until stopped; true if stopped.
@@ -354,7 +350,8 @@ impl Space {
         }
     }
 
-    fn open(&self) -> Result<(BoxedDisk, Lockspace), LeaseError> {
+    /// A new handle on this lockspace's device.
+    pub fn open(&self) -> Result<(BoxedDisk, Lockspace), LeaseError> {
         lease::open::open_lockspace(
             &self.config.device,
             self.config.engine,
@@ -363,16 +360,9 @@ impl Space {
         )
     }
 
-    fn used_capacity(&self) -> (u32, u32) {
-        (0, 0)
-    }
-
+    /// What this host offers (no leased VM counts against it yet).
     fn capacity(&self) -> Capacity {
-        capacity::current(
-            self.config.memory_mib,
-            self.config.vcpus,
-            self.used_capacity(),
-        )
+        capacity::current(self.config.memory_mib, self.config.vcpus, (0, 0))
     }
 
     /// May the watchdog be petted for this lockspace now? Only while our

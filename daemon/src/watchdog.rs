@@ -100,17 +100,11 @@ impl Watchdog {
         // SAFETY: the fd is open for the whole call and `value` is a valid
         // c_int the driver reads and overwrites with the timeout it set.
         let set = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut value) };
-        match set {
-            Ok(_) => {}
-            Err(nix::Error::ENOTTY) | Err(nix::Error::EINVAL) if !self.device => {}
-            Err(source) => {
-                return Err(WatchdogError::SetTimeout {
-                    path: self.path.clone(),
-                    wanted_s,
-                    source,
-                })
-            }
-        }
+        set.map_err(|source| WatchdogError::SetTimeout {
+            path: self.path.clone(),
+            wanted_s,
+            source,
+        })?;
         let mut actual: libc::c_int = value;
         // SAFETY: as above; the driver writes the current timeout.
         if unsafe { wdioc_gettimeout(file.as_raw_fd(), &mut actual) }.is_err() {

@@ -189,11 +189,22 @@ impl Session {
     }
 }
 
+/// Run `f` in a session to `target`, closing the session afterwards
+/// whatever `f` returned.
+fn with_session<T>(
+    target: &IpmiTarget,
+    f: impl FnOnce(&mut Session) -> Result<T, FenceError>,
+) -> Result<T, FenceError> {
+    let mut session = Session::open(target)?;
+    let result = f(&mut session);
+    session.close();
+    result
+}
+
 /// Power the target off and wait until it reports off (polling every
 /// 200 ms up to `confirm_timeout`).
 pub fn power_off(target: &IpmiTarget, confirm_timeout: Duration) -> Result<(), FenceError> {
-    let mut session = Session::open(target)?;
-    let result = (|| {
+    with_session(target, |session| {
         session.power(false)?;
         let started = Instant::now();
         loop {
@@ -208,21 +219,13 @@ pub fn power_off(target: &IpmiTarget, confirm_timeout: Duration) -> Result<(), F
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-    })();
-    session.close();
-    result
+    })
 }
 
 pub fn power_on(target: &IpmiTarget) -> Result<(), FenceError> {
-    let mut session = Session::open(target)?;
-    let result = session.power(true);
-    session.close();
-    result
+    with_session(target, |session| session.power(true))
 }
 
 pub fn status(target: &IpmiTarget) -> Result<PowerState, FenceError> {
-    let mut session = Session::open(target)?;
-    let result = session.power_state();
-    session.close();
-    result
+    with_session(target, Session::power_state)
 }
