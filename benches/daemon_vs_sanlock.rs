@@ -9,7 +9,7 @@
 //! 60), LEASEHOLD_BENCH_DIR (default /var/tmp). Installs sanlock with
 //! apt-get when missing (run as root).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,24 +18,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn build(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir")
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut command = Command::new(cargo);
-    command.args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        command.arg("--release");
-    }
-    let status = command.status().expect("cargo build");
-    assert!(status.success(), "building {bin} failed");
-    profile_dir.join(bin)
 }
 
 fn ensure_sanlock() {
@@ -297,8 +279,8 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let daemon_bin = build("leasehold-daemon", "leaseholdd");
-    let cli_bin = build("leasehold-tools", "leasehold");
+    let daemon_bin = leasehold_tests::leaseholdd_bin();
+    let cli_bin = leasehold_tests::leasehold_bin();
     println!(
         "leaseholdd vs sanlock, file-backed devices in {}, {runs} runs each",
         base.display()

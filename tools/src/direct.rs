@@ -1,12 +1,13 @@
 //! `leasehold direct ...`: one lease operation straight on the device.
 
 use crate::cli::{DirectCommand, HostArgs, ResourceArgs};
-use crate::open::{open_lockspace, random_u64};
+use crate::open::open_lockspace;
 use anyhow::{Context, Result};
 use lease::clock::SystemClock;
 use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
 use lease::disk::Disk;
 use lease::format::{Capacity, FenceMethod, HostRecord};
+use lease::ids::random_u64;
 use lease::op::run;
 use lease::resource::{self, NamedAcquire};
 use lease::{HostId, LeaseError, Lockspace};

@@ -31,8 +31,3 @@ pub fn open_lockspace(args: &DeviceArgs) -> Result<(BoxedDisk, Lockspace)> {
     lease::open::open_lockspace(&args.path, engine(args), args.sector_size, None)
         .with_context(|| format!("{} is not a usable lease device", args.path))
 }
-
-/// A random 64-bit value for nonces and backoff seeds.
-pub fn random_u64() -> u64 {
-    lease::ids::random_u64()
-}
