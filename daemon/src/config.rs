@@ -17,6 +17,13 @@ pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 /// Share of hosts that may go silent within one expiry window before it is
 /// taken as a storage or network incident rather than host failures.
 pub const DEFAULT_STORAGE_INCIDENT_SHARE: f64 = 0.5;
+/// Admission control keeps room for every HA VM after this many host losses.
+pub const DEFAULT_HOST_FAILURES_TO_TOLERATE: u32 = 1;
+/// How long the next host in a VM's restart order waits for the one before
+/// it to get the VM running.
+pub const DEFAULT_RESTART_GRACE_MS: u64 = 10_000;
+/// Failed restarts in a row after which a VM is marked failed.
+pub const DEFAULT_RESTART_ATTEMPTS: u32 = 3;
 
 /// A configuration problem: where, what, and what would be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,8 @@ struct FileConfig {
     monitor: FileMonitor,
     #[serde(default)]
     cluster: FileCluster,
+    #[serde(default)]
+    failover: FileFailover,
 }
 
 #[derive(Deserialize, Debug)]
@@ -108,6 +117,14 @@ struct FileCapacity {
 #[serde(deny_unknown_fields)]
 struct FileMonitor {
     storage_incident_share: Option<f64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileFailover {
+    host_failures_to_tolerate: Option<u32>,
+    restart_grace_ms: Option<u64>,
+    restart_attempts: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -242,9 +259,28 @@ pub struct Config {
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
     pub storage_incident_share: f64,
+    pub failover: Failover,
     pub cluster: Vec<ClusterHost>,
     /// BMC passwords by host name, from the secrets file.
     pub passwords: BTreeMap<String, Secret>,
+}
+
+/// The `[failover]` section: restart of a dead host's VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failover {
+    pub host_failures_to_tolerate: u32,
+    pub restart_grace_ms: u64,
+    pub restart_attempts: u32,
+}
+
+impl Default for Failover {
+    fn default() -> Failover {
+        Failover {
+            host_failures_to_tolerate: DEFAULT_HOST_FAILURES_TO_TOLERATE,
+            restart_grace_ms: DEFAULT_RESTART_GRACE_MS,
+            restart_attempts: DEFAULT_RESTART_ATTEMPTS,
+        }
+    }
 }
 
 impl Config {
@@ -422,6 +458,44 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some("e.g. \"qemu:///system\" or \"test:///default\""),
         ));
     }
+    let failover = Failover {
+        host_failures_to_tolerate: raw
+            .failover
+            .host_failures_to_tolerate
+            .unwrap_or(DEFAULT_HOST_FAILURES_TO_TOLERATE),
+        restart_grace_ms: raw
+            .failover
+            .restart_grace_ms
+            .unwrap_or(DEFAULT_RESTART_GRACE_MS),
+        restart_attempts: raw
+            .failover
+            .restart_attempts
+            .unwrap_or(DEFAULT_RESTART_ATTEMPTS),
+    };
+    if failover.host_failures_to_tolerate > 254 {
+        return Err(check.error(
+            "failover.host_failures_to_tolerate",
+            format!(
+                "{} is more hosts than a lockspace has",
+                failover.host_failures_to_tolerate
+            ),
+            Some("0..=254"),
+        ));
+    }
+    if !(1_000..=600_000).contains(&failover.restart_grace_ms) {
+        return Err(check.error(
+            "failover.restart_grace_ms",
+            format!("{} is out of range", failover.restart_grace_ms),
+            Some("1000..=600000"),
+        ));
+    }
+    if !(1..=100).contains(&failover.restart_attempts) {
+        return Err(check.error(
+            "failover.restart_attempts",
+            format!("{} is out of range", failover.restart_attempts),
+            Some("1..=100"),
+        ));
+    }
     let run_dir = check.absolute(
         "paths.run_dir",
         raw.paths.run_dir.as_deref().unwrap_or(DEFAULT_RUN_DIR),
@@ -563,6 +637,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         memory_mib: raw.capacity.memory_mib,
         vcpus: raw.capacity.vcpus,
         storage_incident_share,
+        failover,
         cluster,
         passwords,
     })

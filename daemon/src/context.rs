@@ -129,7 +129,8 @@ impl Context {
                             name,
                             slot: held.slot,
                             lver: held.lver,
-                            pid: held.pid,
+                            pid: held.by.pid().unwrap_or(0),
+                            vm: held.by.vm().map(str::to_string),
                         })
                         .collect(),
                 })

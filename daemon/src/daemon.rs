@@ -16,7 +16,7 @@
 use crate::config::{Config, IoEngine};
 use crate::context::Context;
 use crate::events::{EventLog, Level};
-use crate::space::{Held, Phase, Space, SpaceConfig, Takeover};
+use crate::space::{Held, HeldBy, Phase, Space, SpaceConfig, Takeover};
 use crate::statefile;
 use crate::watchdog::Watchdog;
 use anyhow::{bail, Context as _, Result};
@@ -156,7 +156,18 @@ fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, 
         let mut resources = BTreeMap::new();
         let mut release = Vec::new();
         for r in &space.resources {
-            if alive.contains(&r.pid) {
+            if let Some(uuid) = &r.vm {
+                // VMs outlive a daemon restart under libvirt: their leases
+                // stay held; the VM manager checks they still run.
+                resources.insert(
+                    r.name.clone(),
+                    Held {
+                        slot: r.slot,
+                        lver: r.lver,
+                        by: HeldBy::Vm(uuid.clone()),
+                    },
+                );
+            } else if alive.contains(&r.pid) {
                 let key = (space.name.clone(), r.name.clone());
                 let _ = context.holders.add_lease(r.pid, key);
                 resources.insert(
@@ -164,7 +175,7 @@ fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, 
                     Held {
                         slot: r.slot,
                         lver: r.lver,
-                        pid: r.pid,
+                        by: HeldBy::Process(r.pid),
                     },
                 );
             } else {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod events;
+pub mod failover;
 pub mod fence;
 pub mod fencing;
 pub mod holders;

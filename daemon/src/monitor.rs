@@ -7,6 +7,7 @@
 //! confirms.
 
 use crate::protocol::HostStatus;
+use lease::format::HostRecord;
 use lease::observer::{HostState, Observer};
 use lease::timeouts::Timeouts;
 use lease::{HostId, Lockspace};
@@ -241,6 +242,17 @@ impl Monitor {
             .dead_hosts()
             .into_iter()
             .filter(|(h, _)| *h != self.own)
+            .collect()
+    }
+
+    /// Each host's last record seen here, with its state name ("live",
+    /// "silent", "fenced", ...), for restart placement.
+    pub fn records(&self, space: &Lockspace) -> Vec<(HostId, &'static str, Option<HostRecord>)> {
+        self.host_ids(space)
+            .map(|host_id| {
+                let view = self.observer.view(host_id);
+                (host_id, state_name(&view.state), view.record.clone())
+            })
             .collect()
     }
 

@@ -204,7 +204,11 @@ pub struct ResourceStatus {
     pub name: String,
     pub slot: u32,
     pub lver: u64,
+    /// The holder process; 0 for a VM's lease.
     pub pid: i32,
+    /// The domain UUID when held for a VM this daemon runs.
+    #[serde(default)]
+    pub vm: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

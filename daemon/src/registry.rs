@@ -5,6 +5,10 @@
 //! not parse or validate is reported, never started.
 
 use crate::placement::{Priority, VmNeed};
+use lease::clock::SystemClock;
+use lease::disk::Disk;
+use lease::op::run;
+use lease::{payload, resource, LeaseError, Lockspace, Owner};
 use serde::{Deserialize, Serialize};
 
 /// The document version this build writes and reads.
@@ -42,6 +46,10 @@ pub struct VmRecord {
     /// Consecutive failed restarts; at the limit the VM is marked failed.
     #[serde(default)]
     pub failed_restarts: u32,
+    /// The host that should start it next (`vm add --host`, `vm migrate`):
+    /// first in its restart order while it is live.
+    #[serde(default)]
+    pub preferred_host: Option<u32>,
     pub domain_xml: String,
 }
 
@@ -148,6 +156,7 @@ impl VmRecord {
             desired: DesiredState::Running,
             restart: RestartPolicy::Always,
             failed_restarts: 0,
+            preferred_host: None,
             domain_xml: xml.to_string(),
         })
     }
@@ -185,6 +194,97 @@ impl VmRecord {
             vcpus: self.vcpus,
         }
     }
+}
+
+/// One VM found on the device.
+#[derive(Clone, Debug)]
+pub struct VmEntry {
+    pub slot: u32,
+    pub name: String,
+    pub lver: u64,
+    /// The incarnation holding its lease, if any.
+    pub holder: Option<Owner>,
+    /// The record, or why it cannot be used (never started then).
+    pub record: Result<VmRecord, String>,
+    /// The payload sequence the record was read at.
+    pub sequence: u64,
+}
+
+/// Every VM on the device: each named slot whose payload carries a VM
+/// record. An entry of `cached` (an earlier scan, by slot) is used again
+/// when its leader (name, lver, holder) has not changed, saving the payload
+/// read.
+/// A slot that cannot be read is an error entry, never "no VM".
+pub fn scan(
+    space: &Lockspace,
+    disk: &dyn Disk,
+    cached: &std::collections::BTreeMap<u32, VmEntry>,
+) -> Result<Vec<VmEntry>, LeaseError> {
+    let slots = run(resource::scan(space), disk, &SystemClock)?;
+    let mut entries = Vec::new();
+    for (slot, leader) in slots {
+        let leader = match leader {
+            Ok(leader) => leader,
+            Err(e) => {
+                entries.push(VmEntry {
+                    slot,
+                    name: format!("<slot {slot}>"),
+                    lver: 0,
+                    holder: None,
+                    record: Err(format!("resource slot {slot} is unusable: {e}")),
+                    sequence: 0,
+                });
+                continue;
+            }
+        };
+        if leader.name.is_empty() {
+            continue;
+        }
+        let holder = leader.held_by();
+        if let Some(entry) = cached.get(&slot) {
+            if entry.name == leader.name && entry.lver == leader.lver && entry.holder == holder {
+                entries.push(entry.clone());
+                continue;
+            }
+        }
+        let (record, sequence) = match run(payload::read(space, slot), disk, &SystemClock) {
+            // A lease without a payload (or with an emptied one) is not a VM.
+            Ok(None) => continue,
+            Ok(Some(p)) if p.data.is_empty() => continue,
+            Ok(Some(p)) => (
+                VmRecord::decode(&p.data)
+                    .map_err(|e| format!("{}: slot {slot} ({}): {e}", space.device, leader.name)),
+                p.sequence,
+            ),
+            Err(LeaseError::Disk(e)) => return Err(LeaseError::Disk(e)),
+            Err(e) => (Err(e.to_string()), 0),
+        };
+        if let Ok(record) = &record {
+            if record.name != leader.name {
+                entries.push(VmEntry {
+                    slot,
+                    name: leader.name.clone(),
+                    lver: leader.lver,
+                    holder,
+                    record: Err(format!(
+                        "slot {slot} is named {:?} but its VM record says {:?}",
+                        leader.name, record.name
+                    )),
+                    sequence,
+                });
+                continue;
+            }
+        }
+        entries.push(VmEntry {
+            slot,
+            name: leader.name,
+            lver: leader.lver,
+            holder,
+            record,
+            sequence,
+        });
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::protocol::{
     ErrorKind, FenceAction, FenceReply, HolderStatus, Reply, Request, StatusReply,
     REQUEST_BYTES_MAX,
 };
-use crate::space::{Job, JobError, Space};
+use crate::space::{HeldBy, Job, JobError, Space};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -316,7 +316,7 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
         } => {
             space_job(context, lockspace, |reply| Job::Acquire {
                 resource,
-                pid,
+                by: HeldBy::Process(pid),
                 reply,
             })
             .await
@@ -328,7 +328,7 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
         } => {
             space_job(context, lockspace, |reply| Job::Release {
                 resource,
-                pid,
+                by: HeldBy::Process(pid),
                 reply,
             })
             .await

@@ -76,12 +76,47 @@ impl Phase {
     }
 }
 
+/// Who a resource lease is held for on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// A registered process: the lease ends with it (pidfd).
+    Process(i32),
+    /// A VM this daemon runs through libvirt, by domain UUID: the lease
+    /// ends when the daemon stops it (or destroys it on a self-fence).
+    Vm(String),
+}
+
+impl HeldBy {
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            HeldBy::Process(pid) => Some(*pid),
+            HeldBy::Vm(_) => None,
+        }
+    }
+
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            HeldBy::Process(_) => None,
+            HeldBy::Vm(uuid) => Some(uuid),
+        }
+    }
+}
+
+impl std::fmt::Display for HeldBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeldBy::Process(pid) => write!(f, "pid {pid}"),
+            HeldBy::Vm(uuid) => write!(f, "VM {uuid}"),
+        }
+    }
+}
+
 /// A resource lease held here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
     pub slot: u32,
     pub lver: u64,
-    pub pid: i32,
+    pub by: HeldBy,
 }
 
 pub struct SpaceState {
@@ -100,12 +135,12 @@ pub struct SpaceState {
 pub enum Job {
     Acquire {
         resource: String,
-        pid: i32,
+        by: HeldBy,
         reply: tokio::sync::oneshot::Sender<Result<AcquireReply, JobError>>,
     },
     Release {
         resource: String,
-        pid: i32,
+        by: HeldBy,
         reply: tokio::sync::oneshot::Sender<Result<ReleaseReply, JobError>>,
     },
     Inquire {
@@ -871,9 +906,11 @@ impl Space {
                 // Best effort: after a FENCED mark or the watchdog rule the
                 // others may take these anyway.
                 let _ = run(paxos::release(space, request), disk, &clock());
-                self.context
-                    .holders
-                    .remove_lease(held.pid, &(self.config.name.clone(), name.clone()));
+                if let HeldBy::Process(pid) = held.by {
+                    self.context
+                        .holders
+                        .remove_lease(pid, &(self.config.name.clone(), name.clone()));
+                }
             }
         }
         self.context.persist();
@@ -918,10 +955,10 @@ impl Space {
             match job {
                 Some(Job::Acquire {
                     resource,
-                    pid,
+                    by,
                     reply,
                 }) => {
-                    let result = self.acquire(disk.as_ref(), space, &resource, pid, &reply);
+                    let result = self.acquire(disk.as_ref(), space, &resource, by, &reply);
                     if let Err(unsent) = reply.send(result) {
                         // The client gave up waiting: do not keep a lease
                         // nobody knows about.
@@ -932,10 +969,10 @@ impl Space {
                 }
                 Some(Job::Release {
                     resource,
-                    pid,
+                    by,
                     reply,
                 }) => {
-                    let result = self.release(disk.as_ref(), space, &resource, Some(pid));
+                    let result = self.release(disk.as_ref(), space, &resource, Some(&by));
                     let _ = reply.send(result);
                 }
                 Some(Job::Barrier { reply }) => {
@@ -949,7 +986,7 @@ impl Space {
                         .lock()
                         .resources
                         .iter()
-                        .filter(|(_, h)| h.pid == pid)
+                        .filter(|(_, h)| h.by == HeldBy::Process(pid))
                         .map(|(name, _)| name.clone())
                         .collect();
                     for name in names {
@@ -1005,18 +1042,20 @@ impl Space {
         disk: &dyn lease::disk::Disk,
         space: &Lockspace,
         resource: &str,
-        pid: i32,
+        by: HeldBy,
         reply: &tokio::sync::oneshot::Sender<Result<AcquireReply, JobError>>,
     ) -> Result<AcquireReply, JobError> {
         if reply.is_closed() {
             return Err(JobError::new(ErrorKind::Internal, "the client went away"));
         }
-        self.context
-            .holders
-            .check_alive(pid)
-            .map_err(|e| JobError::new(ErrorKind::NotFound, e.to_string()))?;
+        if let HeldBy::Process(pid) = by {
+            self.context
+                .holders
+                .check_alive(pid)
+                .map_err(|e| JobError::new(ErrorKind::NotFound, e.to_string()))?;
+        }
         if let Some(held) = self.lock().resources.get(resource) {
-            return if held.pid == pid {
+            return if held.by == by {
                 Ok(AcquireReply {
                     lockspace: self.config.name.clone(),
                     resource: resource.to_string(),
@@ -1028,8 +1067,8 @@ impl Space {
                 Err(JobError::new(
                     ErrorKind::Busy,
                     format!(
-                        "resource busy: {resource} is held on this host by pid {}",
-                        held.pid
+                        "resource busy: {resource} is held on this host by {}",
+                        held.by
                     ),
                 ))
             };
@@ -1066,7 +1105,7 @@ impl Space {
                 let held = Held {
                     slot,
                     lver: leader.lver,
-                    pid,
+                    by: by.clone(),
                 };
                 // Still the same incarnation, and the holder still there?
                 // Both recorded under the state lock: a self-fence takes
@@ -1077,7 +1116,11 @@ impl Space {
                     let same = state.phase == Phase::Joined
                         && state.lease.as_ref().map(DeltaLease::owner) == Some(owner);
                     let key = (self.config.name.clone(), resource.to_string());
-                    if same && self.context.holders.add_lease(pid, key).is_ok() {
+                    let bound = match &by {
+                        HeldBy::Process(pid) => self.context.holders.add_lease(*pid, key).is_ok(),
+                        HeldBy::Vm(_) => true,
+                    };
+                    if same && bound {
                         state.resources.insert(resource.to_string(), held.clone());
                         state
                             .pending_release
@@ -1099,7 +1142,7 @@ impl Space {
                     Level::Info,
                     "acquired",
                     format!(
-                        "acquired {resource} (slot {slot}, lver {}) for pid {pid}",
+                        "acquired {resource} (slot {slot}, lver {}) for {by}",
                         leader.lver
                     ),
                 );
@@ -1186,7 +1229,7 @@ impl Space {
         disk: &dyn lease::disk::Disk,
         space: &Lockspace,
         resource: &str,
-        pid: Option<i32>,
+        by: Option<&HeldBy>,
     ) -> Result<ReleaseReply, JobError> {
         let (held, owner) = {
             let state = self.lock();
@@ -1200,11 +1243,11 @@ impl Space {
                 format!("{resource} is not held on this host"),
             ));
         };
-        if let Some(pid) = pid {
-            if held.pid != pid {
+        if let Some(by) = by {
+            if held.by != *by {
                 return Err(JobError::new(
                     ErrorKind::NotFound,
-                    format!("{resource} is held for pid {}, not pid {pid}", held.pid),
+                    format!("{resource} is held for {}, not {by}", held.by),
                 ));
             }
         }
@@ -1214,9 +1257,11 @@ impl Space {
         // Forget it first: a release whose write failed is retried from
         // pending_release, never reported as still held.
         self.lock().resources.remove(resource);
-        self.context
-            .holders
-            .remove_lease(held.pid, &(self.config.name.clone(), resource.to_string()));
+        if let HeldBy::Process(pid) = held.by {
+            self.context
+                .holders
+                .remove_lease(pid, &(self.config.name.clone(), resource.to_string()));
+        }
         let result = self.release_lease(disk, space, resource, &held, owner);
         self.context.persist();
         match result {
@@ -1267,7 +1312,7 @@ impl Space {
     ) -> Result<InquireReply, JobError> {
         let found = run(resource::lookup(space, resource), disk, &clock())
             .map_err(|e| JobError::from_lease(&e))?;
-        let held_here = self.lock().resources.get(resource).map(|h| h.pid);
+        let held_here = self.lock().resources.get(resource).and_then(|h| h.by.pid());
         let Some((slot, _)) = found else {
             return Ok(InquireReply {
                 lockspace: self.config.name.clone(),
@@ -1343,7 +1388,8 @@ impl Space {
                     name: name.clone(),
                     slot: h.slot,
                     lver: h.lver,
-                    pid: h.pid,
+                    pid: h.by.pid().unwrap_or(0),
+                    vm: h.by.vm().map(str::to_string),
                 })
                 .collect(),
         }

@@ -33,7 +33,11 @@ pub struct PersistedResource {
     pub name: String,
     pub slot: u32,
     pub lver: u64,
+    /// The holder process; 0 for a VM's lease.
     pub pid: i32,
+    /// The domain UUID when the lease is held for a VM run by the daemon.
+    #[serde(default)]
+    pub vm: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -116,6 +120,7 @@ mod tests {
                     slot: 0,
                     lver: 4,
                     pid: 1234,
+                    vm: None,
                 }],
             }],
             holders: vec![PersistedHolder {
