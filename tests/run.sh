@@ -35,3 +35,8 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --quiet
+
+# Long mode: the #[ignore]d repetitions (e.g. ten power-off failovers).
+if [ "${LEASEHOLD_LONG:-0}" = 1 ]; then
+    cargo test --workspace --quiet -- --ignored --test-threads=1
+fi

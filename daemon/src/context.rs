@@ -4,12 +4,19 @@
 use crate::config::Config;
 use crate::events::{EventLog, Level};
 use crate::holders::Holders;
+use crate::placement::Headroom;
 use crate::protocol::ErrorKind;
 use crate::space::{JobError, Space};
 use crate::statefile::{self, PersistedHolder, PersistedResource, PersistedSpace, StateFile};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+/// A `vm_*` request for the VM manager, with where its reply goes.
+pub type VmJob = (
+    crate::protocol::Request,
+    tokio::sync::oneshot::Sender<crate::protocol::Reply>,
+);
 
 pub struct Context {
     pub config: Config,
@@ -22,6 +29,11 @@ pub struct Context {
     /// This host rebooted since the last daemon ran: every earlier
     /// generation is over (raised as the floor at the first renewal).
     pub rebooted: std::sync::atomic::AtomicBool,
+    /// The VM manager's queue (None until it runs, or in a build without
+    /// libvirt): `vm_*` requests with their reply channel.
+    pub vm_jobs: Mutex<Option<std::sync::mpsc::Sender<VmJob>>>,
+    /// Admission control's view at the VM manager's last scan.
+    pub headroom: Mutex<Option<Headroom>>,
     persist_lock: Mutex<()>,
     /// The task watching each registered pid for its exit.
     exit_watches: Mutex<BTreeMap<i32, tokio::task::AbortHandle>>,
@@ -38,6 +50,8 @@ impl Context {
             added: Mutex::new(BTreeSet::new()),
             state_path,
             rebooted: std::sync::atomic::AtomicBool::new(false),
+            vm_jobs: Mutex::new(None),
+            headroom: Mutex::new(None),
             persist_lock: Mutex::new(()),
             exit_watches: Mutex::new(BTreeMap::new()),
         }

@@ -104,7 +104,7 @@ fn lock_run_dir(config: &Config) -> Result<std::fs::File> {
 /// Kill the lease holders a previous daemon left in `lockspace`, which this
 /// daemon will not take over (another host id, another device, a lockspace
 /// no longer configured): no lease of ours protects them.
-fn kill_orphans(context: &Context, lockspace: &str) {
+fn kill_orphans(context: &Context, lockspace: &str, takeover: &Takeover) {
     context.events.emit(
         Level::Error,
         lockspace,
@@ -112,6 +112,29 @@ fn kill_orphans(context: &Context, lockspace: &str) {
         format!("lockspace {lockspace} of the previous daemon is not taken over by this configuration (another host id or device, or no longer configured): killing the lease holders it left"),
     );
     context.kill_holders_of(lockspace);
+    let vms: Vec<String> = takeover
+        .resources
+        .values()
+        .filter_map(|h| h.by.vm().map(str::to_string))
+        .collect();
+    if vms.is_empty() {
+        return;
+    }
+    #[cfg(feature = "libvirt")]
+    let failed = crate::vms::destroy_all(&context.config.libvirt_uri, &vms);
+    #[cfg(not(feature = "libvirt"))]
+    let failed: Vec<(String, String)> = vms
+        .iter()
+        .map(|u| (u.clone(), "built without libvirt".to_string()))
+        .collect();
+    for (uuid, e) in failed {
+        context.events.emit(
+            Level::Error,
+            lockspace,
+            "vm-destroy-failed",
+            format!("cannot destroy VM {uuid} left by the previous daemon: {e}; stop it by hand before its lease is taken elsewhere"),
+        );
+    }
 }
 
 /// What the state file lets us take over, per lockspace.
@@ -192,8 +215,8 @@ fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, 
     }
     if state.host_id != context.config.host_id {
         // Another host id: nothing of it can be taken over.
-        for name in result.keys() {
-            kill_orphans(context, name);
+        for (name, (_, takeover)) in &result {
+            kill_orphans(context, name, takeover);
         }
         return BTreeMap::new();
     }
@@ -233,8 +256,8 @@ pub fn run(config: Config) -> Result<i32> {
         .map(|(name, _)| name.clone())
         .collect();
     for name in &dropped {
-        if takeovers.remove(name).is_some() {
-            kill_orphans(&context, name);
+        if let Some((_, takeover)) = takeovers.remove(name) {
+            kill_orphans(&context, name, &takeover);
         }
     }
     let primary_takeover = takeovers.remove(&config.lockspace).map(|(_, t)| t);
@@ -251,6 +274,14 @@ pub fn run(config: Config) -> Result<i32> {
     .context("cannot start the renewal threads")?;
     if let Ok(mut spaces) = context.spaces.lock() {
         spaces.insert(config.lockspace.clone(), Arc::clone(&primary));
+    }
+    #[cfg(feature = "libvirt")]
+    {
+        let sender = crate::vms::start(Arc::clone(&context), Arc::clone(&primary))
+            .context("cannot start the VM manager thread")?;
+        if let Ok(mut jobs) = context.vm_jobs.lock() {
+            *jobs = Some(sender);
+        }
     }
     for (name, (persisted, takeover)) in takeovers {
         let space_cfg = space_config(&config, &name, &persisted.device, persisted.io_timeout_ms)?;
@@ -369,8 +400,13 @@ fn shutdown(context: &Arc<Context>) -> bool {
             );
         }
     }
-    let running = context.holders.count();
+    // The VM manager stops with its queue.
+    if let Ok(mut jobs) = context.vm_jobs.lock() {
+        jobs.take();
+    }
     let spaces = context.spaces();
+    let vms: usize = spaces.iter().map(|s| s.held_vms().len()).sum();
+    let running = context.holders.count() + vms;
     for space in &spaces {
         space.stop_and_join();
     }
@@ -382,7 +418,7 @@ fn shutdown(context: &Arc<Context>) -> bool {
             &context.config.lockspace,
             "handover",
             format!(
-                "stopping with {running} lease holder(s) still running: their leases stay held and the watchdog stays armed; start leaseholdd again within {} ms or they lose their leases",
+                "stopping with {running} lease holder(s) or VM(s) still running: their leases stay held and the watchdog stays armed; start leaseholdd again within {} ms or they lose their leases",
                 context.config.timeouts().renew_fail_ms
             ),
         );

@@ -38,4 +38,6 @@ pub mod registry;
 pub mod server;
 pub mod space;
 pub mod statefile;
+#[cfg(feature = "libvirt")]
+pub mod vms;
 pub mod watchdog;

@@ -3,6 +3,8 @@
 //! in order, and keeps the connection open. docs/operations.md lists every
 //! request with an example.
 
+use crate::placement::{Headroom, Priority};
+use crate::registry::{DesiredState, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted; a longer one is answered with an error
@@ -64,6 +66,75 @@ pub enum Request {
     /// confirm, write the FENCED mark), on; or confirm (an operator's word
     /// that the host is off: write the FENCED mark with method manual).
     Fence { host: String, action: FenceAction },
+    /// Every HA VM on the lease device, where it runs, and the headroom.
+    VmList {},
+    /// Register a HA VM from its libvirt domain XML and start it on `host`
+    /// (this host when None). Admission control may refuse; `force`
+    /// overrides it.
+    VmAdd {
+        xml: String,
+        #[serde(default)]
+        priority: Option<Priority>,
+        #[serde(default)]
+        restart: Option<RestartPolicy>,
+        #[serde(default)]
+        host: Option<String>,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Want a stopped (or failed) VM running again, on `host` or here.
+    VmStart {
+        vm: String,
+        #[serde(default)]
+        host: Option<String>,
+    },
+    /// Stop a VM running here and keep it stopped.
+    VmStop { vm: String },
+    /// Cold migration of a VM running here: stop it, hand it to `host`.
+    VmMigrate { vm: String, host: String },
+    /// Forget a stopped VM: its record and lease slot are freed.
+    VmRemove { vm: String },
+}
+
+/// One HA VM as `vm_list` reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmStatus {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub slot: u32,
+    pub lver: u64,
+    /// running / stopped / waiting (for a host) / failed / unusable
+    pub state: String,
+    pub priority: Option<Priority>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub desired: Option<DesiredState>,
+    pub restart: Option<RestartPolicy>,
+    pub failed_restarts: u32,
+    pub preferred_host: Option<u32>,
+    /// The incarnation holding its lease.
+    pub owner_host_id: Option<u32>,
+    pub owner_host_name: Option<String>,
+    pub owner_generation: Option<u64>,
+    /// Why the record cannot be used, when unusable.
+    pub error: Option<String>,
+}
+
+/// `vm_list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmListReply {
+    pub vms: Vec<VmStatus>,
+    pub headroom: Option<Headroom>,
+}
+
+/// What a `vm_*` request did.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmActionReply {
+    pub vm: String,
+    pub message: String,
+    /// Set when admission control was overridden with `force`.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -159,6 +230,9 @@ pub struct StatusReply {
     pub watchdog: Option<String>,
     pub lockspaces: Vec<LockspaceStatus>,
     pub holders: Vec<HolderStatus>,
+    /// Admission control's view at the VM manager's last scan.
+    #[serde(default)]
+    pub headroom: Option<Headroom>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

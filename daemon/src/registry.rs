@@ -8,7 +8,7 @@ use crate::placement::{Priority, VmNeed};
 use lease::clock::SystemClock;
 use lease::disk::Disk;
 use lease::op::run;
-use lease::{payload, resource, LeaseError, Lockspace, Owner};
+use lease::{paxos, payload, resource, LeaseError, Lockspace, Owner};
 use serde::{Deserialize, Serialize};
 
 /// The document version this build writes and reads.
@@ -240,7 +240,26 @@ pub fn scan(
         if leader.name.is_empty() {
             continue;
         }
-        let holder = leader.held_by();
+        // The holder as its own dblock says (a release marks only that).
+        let holder = match run(
+            paxos::inquire(space, space.geometry.resource_lease(slot)),
+            disk,
+            &SystemClock,
+        ) {
+            Ok(status) => status.holder,
+            Err(LeaseError::Disk(e)) => return Err(LeaseError::Disk(e)),
+            Err(e) => {
+                entries.push(VmEntry {
+                    slot,
+                    name: leader.name.clone(),
+                    lver: leader.lver,
+                    holder: leader.held_by(),
+                    record: Err(format!("resource slot {slot} ({}): {e}", leader.name)),
+                    sequence: 0,
+                });
+                continue;
+            }
+        };
         if let Some(entry) = cached.get(&slot) {
             if entry.name == leader.name && entry.lver == leader.lver && entry.holder == holder {
                 entries.push(entry.clone());

@@ -235,6 +235,38 @@ async fn space_job<T: serde::Serialize>(
     }
 }
 
+/// How long a `vm_*` request may take: lease I/O plus a libvirt start.
+const VM_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Hand a `vm_*` request to the VM manager and wait for its answer.
+async fn vm_request(context: &Context, request: Request) -> Reply {
+    let sender = match context.vm_jobs.lock() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let Some(sender) = sender else {
+        return Reply::failure(
+            ErrorKind::NotFound,
+            "this daemon runs no VM manager (built without libvirt support, or not joined to its lockspace yet)",
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if sender.send((request, reply)).is_err() {
+        return Reply::failure(ErrorKind::Internal, "the VM manager stopped");
+    }
+    match tokio::time::timeout(VM_REQUEST_TIMEOUT, answer).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Reply::failure(ErrorKind::Internal, "the VM manager stopped"),
+        Err(_) => Reply::failure(
+            ErrorKind::Storage,
+            format!(
+                "the VM manager did not answer within {} s (libvirt or the lease device hangs); see `leasehold events`",
+                VM_REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
 /// The parent of `pid`, from /proc.
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -329,6 +361,7 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
             space_job(context, lockspace, |reply| Job::Release {
                 resource,
                 by: HeldBy::Process(pid),
+                forget: false,
                 reply,
             })
             .await
@@ -350,6 +383,12 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
                 Err(e) => Reply::failure(ErrorKind::Internal, e.to_string()),
             }
         }
+        request @ (Request::VmList {}
+        | Request::VmAdd { .. }
+        | Request::VmStart { .. }
+        | Request::VmStop { .. }
+        | Request::VmMigrate { .. }
+        | Request::VmRemove { .. }) => vm_request(context, request).await,
     }
 }
 
@@ -479,6 +518,10 @@ pub fn status(context: &Context) -> StatusReply {
             .as_ref()
             .map(|p| p.display().to_string()),
         lockspaces: context.spaces().iter().map(|s| s.status()).collect(),
+        headroom: match context.headroom.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        },
         holders: context
             .holders
             .snapshot()

@@ -25,6 +25,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// Host records as last seen (id, state name, record) and the hosts dead
+/// by the watchdog rule (id, generation).
+pub type HostRecords = (
+    Vec<(HostId, &'static str, Option<lease::format::HostRecord>)>,
+    Vec<(HostId, u64)>,
+);
+
 /// What this daemon was told to join.
 #[derive(Clone, Debug)]
 pub struct SpaceConfig {
@@ -141,6 +148,8 @@ pub enum Job {
     Release {
         resource: String,
         by: HeldBy,
+        /// Free the slot too (the resource is gone for good).
+        forget: bool,
         reply: tokio::sync::oneshot::Sender<Result<ReleaseReply, JobError>>,
     },
     Inquire {
@@ -408,8 +417,9 @@ impl Space {
             (Phase::Joined, Some(space), Some(lease)) => delta::holds(space, lease, now_ms),
             _ => false,
         };
+        let vms = state.resources.values().any(|h| h.by.vm().is_some());
         drop(state);
-        holds || self.context.holders.all_exited(&self.config.name)
+        holds || (!vms && self.context.holders.all_exited(&self.config.name))
     }
 
     /// Is the renewal thread alive and turning (whatever the storage
@@ -473,6 +483,46 @@ impl Space {
                 ),
             }
         }
+        self.destroy_vms();
+    }
+
+    /// Destroy every VM whose lease is held here, at once (self-fence, or
+    /// leases that cannot be taken over). True when none of them runs any
+    /// more; a VM libvirt could not destroy keeps its lease held here (and
+    /// the watchdog unfed) until a later call succeeds.
+    pub fn destroy_vms(&self) -> bool {
+        let vms = self.held_vms();
+        if vms.is_empty() {
+            return true;
+        }
+        let uuids: Vec<String> = vms.values().cloned().collect();
+        #[cfg(feature = "libvirt")]
+        let failed = crate::vms::destroy_all(&self.context.config.libvirt_uri, &uuids);
+        #[cfg(not(feature = "libvirt"))]
+        let failed: Vec<(String, String)> = uuids
+            .iter()
+            .map(|u| {
+                (
+                    u.clone(),
+                    "this daemon was built without libvirt".to_string(),
+                )
+            })
+            .collect();
+        for (name, uuid) in &vms {
+            match failed.iter().find(|(u, _)| u == uuid) {
+                None => self.emit(
+                    Level::Warn,
+                    "vm-destroyed",
+                    format!("destroyed {name} ({uuid}): this host no longer holds the lockspace"),
+                ),
+                Some((_, e)) => self.emit(
+                    Level::Error,
+                    "vm-destroy-failed",
+                    format!("cannot destroy {name} ({uuid}): {e}; its lease stays held here"),
+                ),
+            }
+        }
+        failed.is_empty()
     }
 
     fn join_request(&self) -> JoinRequest {
@@ -675,6 +725,11 @@ impl Space {
     /// really exited, then forget their leases here.
     fn kill_unprotected_holders(&self) {
         self.context.kill_holders_of(&self.config.name);
+        while !self.destroy_vms() {
+            if self.sleep_until(clock().now_ms() + 1000) {
+                return;
+            }
+        }
         self.lock().resources.clear();
     }
 
@@ -880,7 +935,7 @@ impl Space {
     fn after_self_fence(&self, disk: &dyn lease::disk::Disk, space: &Lockspace) {
         let wait_ms = u64::from(self.config.io_timeout_ms);
         loop {
-            if self.context.holders.all_exited(&self.config.name) {
+            if self.context.holders.all_exited(&self.config.name) && self.destroy_vms() {
                 break;
             }
             if self.sleep_until(clock().now_ms() + wait_ms.min(100)) {
@@ -970,9 +1025,10 @@ impl Space {
                 Some(Job::Release {
                     resource,
                     by,
+                    forget,
                     reply,
                 }) => {
-                    let result = self.release(disk.as_ref(), space, &resource, Some(&by));
+                    let result = self.release(disk.as_ref(), space, &resource, Some(&by), forget);
                     let _ = reply.send(result);
                 }
                 Some(Job::Barrier { reply }) => {
@@ -990,7 +1046,7 @@ impl Space {
                         .map(|(name, _)| name.clone())
                         .collect();
                     for name in names {
-                        match self.release(disk.as_ref(), space, &name, None) {
+                        match self.release(disk.as_ref(), space, &name, None, false) {
                             Ok(_) => self.emit(
                                 Level::Info,
                                 "released-on-exit",
@@ -1131,7 +1187,7 @@ impl Space {
                     }
                 };
                 if !still {
-                    let _ = self.release_lease(disk, space, resource, &held, owner);
+                    let _ = self.release_lease(disk, space, resource, &held, owner, false);
                     return Err(JobError::new(
                         ErrorKind::NotJoined,
                         "the lockspace or the holder was lost during the acquire; the lease was given back",
@@ -1196,6 +1252,7 @@ impl Space {
         resource: &str,
         held: &Held,
         owner: Owner,
+        forget: bool,
     ) -> Result<u64, LeaseError> {
         if held.slot >= space.geometry.max_resources() {
             return Err(LeaseError::Invalid(format!(
@@ -1208,7 +1265,7 @@ impl Space {
             location: space.geometry.resource_lease(held.slot),
             owner,
             lver: Some(held.lver),
-            clear_name: false,
+            clear_name: forget,
             name: Some(resource.to_string()),
         };
         let result = run(paxos::release(space, request), disk, &clock());
@@ -1221,7 +1278,7 @@ impl Space {
     }
 
     fn release_held(&self, disk: &dyn lease::disk::Disk, space: &Lockspace, resource: &str) {
-        let _ = self.release(disk, space, resource, None);
+        let _ = self.release(disk, space, resource, None, false);
     }
 
     fn release(
@@ -1230,6 +1287,7 @@ impl Space {
         space: &Lockspace,
         resource: &str,
         by: Option<&HeldBy>,
+        forget: bool,
     ) -> Result<ReleaseReply, JobError> {
         let (held, owner) = {
             let state = self.lock();
@@ -1262,7 +1320,7 @@ impl Space {
                 .holders
                 .remove_lease(pid, &(self.config.name.clone(), resource.to_string()));
         }
-        let result = self.release_lease(disk, space, resource, &held, owner);
+        let result = self.release_lease(disk, space, resource, &held, owner, forget);
         self.context.persist();
         match result {
             Ok(lver) => {
@@ -1348,6 +1406,32 @@ impl Space {
         })
     }
 
+    // ---- for the VM manager ---------------------------------------------------
+
+    /// Our delta lease's owner while joined and holding it.
+    pub fn owner(&self) -> Option<Owner> {
+        self.joined_owner().ok().map(|(owner, _)| owner)
+    }
+
+    /// Every host's last record seen here with its state name, and the
+    /// hosts the watchdog rule declares dead (with the generation).
+    pub fn host_records(&self) -> HostRecords {
+        let state = self.lock();
+        match (&state.monitor, &state.lockspace) {
+            (Some(monitor), Some(space)) => (monitor.records(space), monitor.dead_hosts()),
+            _ => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The VM leases held here: resource name -> domain UUID.
+    pub fn held_vms(&self) -> BTreeMap<String, String> {
+        self.lock()
+            .resources
+            .iter()
+            .filter_map(|(name, held)| held.by.vm().map(|uuid| (name.clone(), uuid.to_string())))
+            .collect()
+    }
+
     // ---- status and shutdown ----------------------------------------------
 
     pub fn status(&self) -> LockspaceStatus {
@@ -1430,7 +1514,9 @@ impl Space {
         // Every release is tried; one that fails does not keep us from
         // leaving (leaving raises the floor, which ends those leases too).
         for (name, held) in &resources {
-            if let Err(e) = self.release_lease(disk.as_ref(), &space, name, held, lease.owner()) {
+            if let Err(e) =
+                self.release_lease(disk.as_ref(), &space, name, held, lease.owner(), false)
+            {
                 self.emit(
                     Level::Warn,
                     "release-failed",

@@ -154,6 +154,17 @@ impl Bmc {
     }
 }
 
+impl Bmc {
+    /// The BMC itself dies (its host stays as it is): fencing through it
+    /// fails from now on.
+    pub fn kill_bmc_only(&self) {
+        // SAFETY: kill(2) of the ipmi_sim we started.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
 impl Drop for Bmc {
     fn drop(&mut self) {
         self.power_off_locally();

@@ -43,6 +43,92 @@ pub enum Command {
     Client(ClientCommand),
     /// Operate a cluster host's fence device through this host's daemon.
     Fence(FenceArgs),
+    /// HA VMs: register, list, start, stop, move and remove them through
+    /// this host's daemon (the registry lives on the lease device).
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Register a HA VM from its libvirt domain XML (with a fixed <uuid>)
+    /// and start it here or on --host; admission control may refuse.
+    Add(VmAddArgs),
+    /// Every HA VM: state, priority, size, where it runs; and the headroom.
+    List(DaemonArgs),
+    /// Want a stopped or failed VM running again, here or on --host.
+    Start(VmStartArgs),
+    /// Stop a VM that runs on this host; it stays stopped.
+    Stop(VmNameArgs),
+    /// Cold migration of a VM running on this host: stop it here, HOST
+    /// starts it.
+    Migrate(VmMigrateArgs),
+    /// Forget a stopped VM: its record and lease slot are freed.
+    Remove(VmNameArgs),
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriorityArg {
+    High,
+    Medium,
+    Low,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartArg {
+    /// Restart it on another host when its host dies.
+    Always,
+    /// Leave it stopped when its host dies.
+    Never,
+}
+
+#[derive(Args, Debug)]
+pub struct VmAddArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The libvirt domain XML file.
+    pub xml: String,
+    /// Restart order after a host failure: high first.
+    #[arg(long, value_enum, default_value = "medium")]
+    pub priority: PriorityArg,
+    #[arg(long, value_enum, default_value = "always")]
+    pub restart: RestartArg,
+    /// The host to start it on (name or id); default: this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Add it even when admission control says the cluster could not
+    /// restart every HA VM after host_failures_to_tolerate host losses.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VmStartArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// VM name or UUID.
+    pub vm: String,
+    /// The host to start it on (name or id); default: this host.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VmNameArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// VM name or UUID.
+    pub vm: String,
+}
+
+#[derive(Args, Debug)]
+pub struct VmMigrateArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// VM name or UUID.
+    pub vm: String,
+    /// The host to move it to (name or id).
+    pub host: String,
 }
 
 #[derive(Args, Debug)]

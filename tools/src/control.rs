@@ -41,7 +41,7 @@ fn socket_path(args: &DaemonArgs) -> Result<PathBuf> {
     Ok(PathBuf::from(leasehold_daemon::config::DEFAULT_SOCKET_PATH))
 }
 
-fn call(args: &DaemonArgs, request: &Request) -> Result<serde_json::Value> {
+pub fn call(args: &DaemonArgs, request: &Request) -> Result<serde_json::Value> {
     let path = socket_path(args)?;
     let mut client = Client::connect(&path, Some(Duration::from_secs(600)))?;
     into_result(client.call(request)?)
@@ -63,7 +63,7 @@ fn into_result(reply: Reply) -> Result<serde_json::Value> {
     }))
 }
 
-fn print_json(value: &serde_json::Value) -> Result<()> {
+pub fn print_json(value: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -141,11 +141,18 @@ pub fn status(args: &DaemonArgs) -> Result<()> {
             println!("  no resource leases held");
         }
         for r in &space.resources {
+            let holder = match &r.vm {
+                Some(uuid) => format!("VM {uuid}"),
+                None => format!("pid {}", r.pid),
+            };
             println!(
-                "  holds {} (slot {}, lver {}) for pid {}",
-                r.name, r.slot, r.lver, r.pid
+                "  holds {} (slot {}, lver {}) for {holder}",
+                r.name, r.slot, r.lver
             );
         }
+    }
+    if let Some(h) = &status.headroom {
+        println!("{}", crate::vm::headroom_line(h));
     }
     Ok(())
 }
@@ -185,7 +192,7 @@ pub fn events(args: &EventsArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_result(args: &DaemonArgs, value: &serde_json::Value, text: String) -> Result<()> {
+pub fn print_result(args: &DaemonArgs, value: &serde_json::Value, text: String) -> Result<()> {
     if args.json {
         print_json(value)
     } else {

@@ -8,6 +8,7 @@ mod dump;
 mod exit;
 mod format;
 mod open;
+mod vm;
 
 use clap::Parser;
 
@@ -22,6 +23,7 @@ fn main() {
         cli::Command::Events(args) => control::events(&args),
         cli::Command::Client(command) => control::client(&command),
         cli::Command::Fence(args) => control::fence(&args),
+        cli::Command::Vm(command) => vm::run(&command),
     };
     if let Err(error) = result {
         eprintln!("leasehold: error: {error:#}");

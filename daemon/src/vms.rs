@@ -1,0 +1,1198 @@
+//! The VM manager: one thread per daemon, on the configured lockspace. It
+//! answers the control socket's `vm_*` requests, keeps the VMs whose leases
+//! this host holds running, and restarts the VMs that wait for a host
+//! (see [`failover`]) when this host's turn comes. It owns the libvirt
+//! connection and a device handle of its own (registry scans and payload
+//! writes); lease acquires and releases go through the lockspace's worker
+//! like every other lease, so one host never holds a lease twice.
+//!
+//! The order of steps keeps the rule "a VM runs only where its lease is
+//! held": acquire, then start; stop (destroy), then release; on a
+//! self-fence the lockspace destroys every VM before its leases go.
+//!
+//! [`failover`]: crate::failover
+
+use crate::context::{Context, VmJob};
+use crate::events::Level;
+use crate::failover::{self, HostView, Turn};
+use crate::hypervisor::Hypervisor;
+use crate::placement::{self, HostLoad, Priority};
+use crate::protocol::{ErrorKind, Reply, Request, VmActionReply, VmListReply, VmStatus};
+use crate::registry::{self, DesiredState, RestartPolicy, VmEntry, VmRecord};
+use crate::space::{HeldBy, Job, JobError, Space};
+use lease::clock::{Clock, SystemClock};
+use lease::op::run;
+use lease::open::BoxedDisk;
+use lease::{payload, HostId, LeaseError, Lockspace, Owner};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the registry is scanned for VMs that wait for a host.
+const TICK_MS: u64 = 250;
+/// A cached record is read again after this long even if its leader did
+/// not change (its holder may have rewritten it).
+const RECORD_REFRESH_MS: u64 = 5_000;
+
+fn now_ms() -> u64 {
+    SystemClock.now_ms()
+}
+
+/// A failed `vm_*` request: the kind the client sees and the message.
+struct Refusal(ErrorKind, String);
+
+impl From<JobError> for Refusal {
+    fn from(e: JobError) -> Refusal {
+        Refusal(e.kind, e.message)
+    }
+}
+
+impl From<LeaseError> for Refusal {
+    fn from(e: LeaseError) -> Refusal {
+        let kind = match e {
+            LeaseError::Disk(_) => ErrorKind::Storage,
+            _ => ErrorKind::Internal,
+        };
+        Refusal(kind, e.to_string())
+    }
+}
+
+type Outcome<T> = Result<T, Refusal>;
+
+/// What the VM manager knows of the hosts at one scan.
+struct Hosts {
+    views: Vec<HostView>,
+    names: BTreeMap<u32, String>,
+    /// Incarnations known to be over (fenced, below the floor, left, dead).
+    over: BTreeSet<(u32, u64)>,
+    /// Incarnations seen live (not over).
+    live: BTreeSet<(u32, u64)>,
+}
+
+impl Hosts {
+    fn is_over(&self, owner: Owner) -> bool {
+        self.over.contains(&(owner.host_id.get(), owner.generation))
+    }
+
+    fn name(&self, host_id: u32) -> String {
+        self.names
+            .get(&host_id)
+            .cloned()
+            .unwrap_or_else(|| format!("host{host_id}"))
+    }
+}
+
+pub struct VmManager {
+    context: Arc<Context>,
+    space: Arc<Space>,
+    hypervisor: Option<Hypervisor>,
+    device: Option<(BoxedDisk, Lockspace)>,
+    /// The last scan, by slot, with when each record was read.
+    cache: BTreeMap<u32, (VmEntry, u64)>,
+    /// When each waiting VM was first seen waiting, by (name, lver,
+    /// failed restarts): the clock its turns count from.
+    waiting_since: BTreeMap<(String, u64, u32), u64>,
+    /// Whether libvirt failed at the last attempt (one event per outage).
+    hypervisor_down: bool,
+}
+
+/// Start the VM manager's thread; the returned sender takes its requests.
+pub fn start(context: Arc<Context>, space: Arc<Space>) -> std::io::Result<mpsc::Sender<VmJob>> {
+    let (sender, receiver) = mpsc::channel();
+    let mut manager = VmManager {
+        context,
+        space,
+        hypervisor: None,
+        device: None,
+        cache: BTreeMap::new(),
+        waiting_since: BTreeMap::new(),
+        hypervisor_down: false,
+    };
+    std::thread::Builder::new()
+        .name("vm-manager".to_string())
+        .spawn(move || manager.run(&receiver))?;
+    Ok(sender)
+}
+
+/// Destroy the domains `uuids` at once (a self-fence): returns those that
+/// could not be destroyed, with why.
+pub fn destroy_all(uri: &str, uuids: &[String]) -> Vec<(String, String)> {
+    let hypervisor = match Hypervisor::open(uri) {
+        Ok(h) => h,
+        Err(e) => return uuids.iter().map(|u| (u.clone(), e.to_string())).collect(),
+    };
+    uuids
+        .iter()
+        .filter_map(|uuid| {
+            hypervisor
+                .destroy(uuid)
+                .err()
+                .map(|e| (uuid.clone(), e.to_string()))
+        })
+        .collect()
+}
+
+impl VmManager {
+    fn run(&mut self, jobs: &mpsc::Receiver<VmJob>) {
+        let span = tracing::info_span!("vms", host = self.space.config.host_id.get());
+        let _entered = span.enter();
+        let mut next_tick_ms = now_ms();
+        loop {
+            let wait_ms = next_tick_ms.saturating_sub(now_ms());
+            match jobs.recv_timeout(Duration::from_millis(wait_ms)) {
+                Ok((request, reply)) => {
+                    let answer = self.handle(request);
+                    let _ = reply.send(answer);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            self.tick();
+            next_tick_ms = now_ms() + TICK_MS;
+        }
+    }
+
+    fn emit(&self, level: Level, kind: &str, message: impl Into<String>) {
+        self.space.emit(level, kind, message);
+    }
+
+    // ---- resources ------------------------------------------------------------
+
+    fn hypervisor(&mut self) -> Result<&Hypervisor, Refusal> {
+        if self.hypervisor.is_none() {
+            match Hypervisor::open(&self.context.config.libvirt_uri) {
+                Ok(h) => {
+                    if self.hypervisor_down {
+                        self.emit(Level::Info, "libvirt-up", "libvirt answers again");
+                    }
+                    self.hypervisor_down = false;
+                    self.hypervisor = Some(h);
+                }
+                Err(e) => {
+                    if !self.hypervisor_down {
+                        self.emit(Level::Error, "libvirt-down", e.to_string());
+                    }
+                    self.hypervisor_down = true;
+                    return Err(Refusal(ErrorKind::Internal, e.to_string()));
+                }
+            }
+        }
+        self.hypervisor
+            .as_ref()
+            .ok_or_else(|| Refusal(ErrorKind::Internal, "no libvirt connection".to_string()))
+    }
+
+    fn device(&mut self) -> Result<(&dyn lease::disk::Disk, Lockspace), LeaseError> {
+        if self.device.is_none() {
+            self.device = Some(self.space.open()?);
+        }
+        match self.device.as_ref() {
+            Some((disk, space)) => Ok((disk.as_ref(), space.clone())),
+            None => Err(LeaseError::Invalid("no device handle".to_string())),
+        }
+    }
+
+    /// Scan the registry (records of unchanged slots come from the cache).
+    fn scan(&mut self) -> Result<Vec<VmEntry>, LeaseError> {
+        let now = now_ms();
+        let cached: BTreeMap<u32, VmEntry> = self
+            .cache
+            .iter()
+            .filter(|(_, (_, read_ms))| now.saturating_sub(*read_ms) < RECORD_REFRESH_MS)
+            .map(|(slot, (entry, _))| (*slot, entry.clone()))
+            .collect();
+        let (disk, space) = self.device()?;
+        let result = registry::scan(&space, disk, &cached);
+        if let Err(LeaseError::Disk(_)) = &result {
+            // A fresh handle next time (an io_uring handle may be wedged).
+            self.device = None;
+        }
+        let entries = result?;
+        let mut cache = BTreeMap::new();
+        for entry in &entries {
+            let read_ms = match cached.get(&entry.slot) {
+                Some(old) if old.sequence == entry.sequence && old.lver == entry.lver => {
+                    self.cache.get(&entry.slot).map(|(_, t)| *t).unwrap_or(now)
+                }
+                _ => now,
+            };
+            cache.insert(entry.slot, (entry.clone(), read_ms));
+        }
+        self.cache = cache;
+        Ok(entries)
+    }
+
+    /// The hosts as seen now: the monitor's records, with fresh reads of
+    /// the holders of `entries` that are not live (their FENCED mark or
+    /// floor may be minutes newer than our last renewal scan).
+    fn hosts(&mut self, entries: &[VmEntry]) -> Hosts {
+        let (records, dead) = self.space.host_records();
+        let own = self.space.config.host_id;
+        let mut hosts = Hosts {
+            views: Vec::new(),
+            names: BTreeMap::new(),
+            over: BTreeSet::new(),
+            live: BTreeSet::new(),
+        };
+        let mut fresh: BTreeMap<u32, lease::format::HostRecord> = BTreeMap::new();
+        let not_live: BTreeSet<u32> = records
+            .iter()
+            .filter(|(h, state, _)| *h != own && *state != "live")
+            .map(|(h, _, _)| h.get())
+            .collect();
+        let holders: BTreeSet<u32> = entries
+            .iter()
+            .filter_map(|e| e.holder.map(|o| o.host_id.get()))
+            .filter(|h| not_live.contains(h))
+            .collect();
+        if let Ok((disk, space)) = self.device() {
+            for host_id in holders {
+                if let Some(id) = HostId::new(host_id) {
+                    if let Ok(record) = run(space.read_host_op(id), disk, &SystemClock) {
+                        fresh.insert(host_id, record);
+                    }
+                }
+            }
+        }
+        for (host_id, state, record) in records {
+            let record = fresh.remove(&host_id.get()).or(record);
+            let Some(record) = record else {
+                continue;
+            };
+            if record.generation == 0 {
+                continue;
+            }
+            hosts.names.insert(host_id.get(), record.host_name.clone());
+            let live = if host_id == own {
+                self.space.owner().is_some()
+            } else {
+                state == "live" && !record.generation_is_over(record.generation)
+            };
+            hosts.views.push(HostView {
+                host_id: host_id.get(),
+                live,
+                memory_mib_total: record.capacity.memory_mib_total,
+                vcpus_total: record.capacity.vcpus_total,
+            });
+            // Every generation up to the current one that the record
+            // declares over, plus the watchdog rule's dead incarnation.
+            for entry in entries {
+                if let Some(owner) = entry.holder.filter(|o| o.host_id == host_id) {
+                    let watchdog_dead = record.flags.watchdog
+                        && dead.iter().any(|(h, g)| {
+                            *h == host_id && *g >= owner.generation && record.generation == *g
+                        });
+                    if record.generation_is_over(owner.generation) || watchdog_dead {
+                        hosts.over.insert((host_id.get(), owner.generation));
+                    } else if live {
+                        hosts.live.insert((host_id.get(), owner.generation));
+                    }
+                }
+            }
+        }
+        hosts
+    }
+
+    // ---- leases through the worker ----------------------------------------------
+
+    fn acquire(&self, name: &str, uuid: &str) -> Outcome<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.space.submit(Job::Acquire {
+            resource: name.to_string(),
+            by: HeldBy::Vm(uuid.to_string()),
+            reply,
+        })?;
+        match answer.blocking_recv() {
+            Ok(result) => result.map(|_| ()).map_err(Refusal::from),
+            Err(_) => Err(Refusal(
+                ErrorKind::Internal,
+                "the lockspace worker stopped".to_string(),
+            )),
+        }
+    }
+
+    fn release(&self, name: &str, uuid: &str, forget: bool) -> Outcome<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.space.submit(Job::Release {
+            resource: name.to_string(),
+            by: HeldBy::Vm(uuid.to_string()),
+            forget,
+            reply,
+        })?;
+        match answer.blocking_recv() {
+            Ok(result) => result.map(|_| ()).map_err(Refusal::from),
+            Err(_) => Err(Refusal(
+                ErrorKind::Internal,
+                "the lockspace worker stopped".to_string(),
+            )),
+        }
+    }
+
+    /// Write `record` to its slot (we hold the lease).
+    fn write_record(&mut self, slot: u32, record: &VmRecord) -> Outcome<()> {
+        let owner = self.space.owner().ok_or_else(|| {
+            Refusal(
+                ErrorKind::NotJoined,
+                "this host does not hold its lockspace".to_string(),
+            )
+        })?;
+        let (disk, space) = self.device()?;
+        run(
+            payload::write(&space, slot, owner, record.encode()),
+            disk,
+            &SystemClock,
+        )?;
+        self.cache.remove(&slot);
+        Ok(())
+    }
+
+    /// The current record of the VM in `slot` (read now, not cached).
+    fn read_record(&mut self, slot: u32) -> Outcome<VmRecord> {
+        let (disk, space) = self.device()?;
+        match run(payload::read(&space, slot), disk, &SystemClock)? {
+            Some(p) if !p.data.is_empty() => VmRecord::decode(&p.data)
+                .map_err(|e| Refusal(ErrorKind::Conflict, format!("slot {slot}: {e}"))),
+            _ => Err(Refusal(
+                ErrorKind::NotFound,
+                format!("slot {slot} holds no VM record"),
+            )),
+        }
+    }
+
+    // ---- the periodic round -------------------------------------------------------
+
+    fn tick(&mut self) {
+        if self.space.owner().is_none() {
+            return;
+        }
+        let entries = match self.scan() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("registry scan failed: {e}");
+                return;
+            }
+        };
+        let hosts = self.hosts(&entries);
+        self.publish_headroom(&entries, &hosts);
+        self.keep_own_running(&entries);
+        self.restart_waiting(&entries, &hosts);
+    }
+
+    fn loads(entries: &[VmEntry], hosts: &Hosts) -> Vec<HostLoad> {
+        hosts
+            .views
+            .iter()
+            .filter(|h| h.live)
+            .map(|h| HostLoad {
+                host_id: h.host_id,
+                memory_mib_total: h.memory_mib_total,
+                vcpus_total: h.vcpus_total,
+                vms: entries
+                    .iter()
+                    .filter(|e| {
+                        let held_there = e
+                            .holder
+                            .is_some_and(|o| o.host_id.get() == h.host_id && !hosts.is_over(o));
+                        // Handed to this host, not started yet.
+                        let coming = e.holder.is_none()
+                            && e.record.as_ref().is_ok_and(|r| {
+                                r.desired == DesiredState::Running
+                                    && r.preferred_host == Some(h.host_id)
+                            });
+                        held_there || coming
+                    })
+                    .filter_map(|e| e.record.as_ref().ok().map(VmRecord::need))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn publish_headroom(&self, entries: &[VmEntry], hosts: &Hosts) {
+        let headroom = placement::headroom(
+            &Self::loads(entries, hosts),
+            self.context.config.failover.host_failures_to_tolerate,
+        );
+        if let Ok(mut guard) = self.context.headroom.lock() {
+            *guard = Some(headroom);
+        }
+    }
+
+    /// The VMs whose leases we hold must run here: start one that stopped
+    /// (crashed, killed, destroyed behind our back).
+    fn keep_own_running(&mut self, entries: &[VmEntry]) {
+        for (name, uuid) in self.space.held_vms() {
+            let Some(entry) = entries.iter().find(|e| e.name == name) else {
+                continue;
+            };
+            let Ok(record) = entry.record.clone() else {
+                continue;
+            };
+            if record.desired != DesiredState::Running {
+                continue;
+            }
+            let running = match self.hypervisor().and_then(|h| {
+                h.is_running(&uuid)
+                    .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
+            }) {
+                Ok(running) => running,
+                Err(_) => {
+                    self.hypervisor = None;
+                    continue;
+                }
+            };
+            if running {
+                continue;
+            }
+            self.emit(
+                Level::Warn,
+                "vm-stopped-unexpectedly",
+                format!(
+                    "{name} is not running here although its lease is held here; starting it again"
+                ),
+            );
+            self.start_held(entry.slot, record, "restarted after it stopped");
+        }
+    }
+
+    /// Start a VM whose lease we hold; on failure count it, and give the
+    /// lease up so the next host in its order tries.
+    fn start_held(&mut self, slot: u32, mut record: VmRecord, why: &str) -> bool {
+        let started = self.hypervisor().and_then(|h| {
+            h.start(&record.uuid, &record.domain_xml)
+                .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
+        });
+        match started {
+            Ok(()) => {
+                if record.failed_restarts != 0 || record.preferred_host.is_some() {
+                    record.failed_restarts = 0;
+                    record.preferred_host = None;
+                    if let Err(Refusal(_, e)) = self.write_record(slot, &record) {
+                        self.emit(
+                            Level::Warn,
+                            "vm-record-failed",
+                            format!("{} runs, but its record was not updated: {e}", record.name),
+                        );
+                    }
+                }
+                self.emit(
+                    Level::Info,
+                    "vm-started",
+                    format!(
+                        "{} ({} priority, {} MiB) running on host {} ({}): {why}",
+                        record.name,
+                        priority_name(record.priority),
+                        record.memory_mib,
+                        self.space.config.host_id,
+                        self.space.config.host_name
+                    ),
+                );
+                true
+            }
+            Err(Refusal(_, message)) => {
+                self.hypervisor = None;
+                record.failed_restarts = record.failed_restarts.saturating_add(1);
+                let limit = self.context.config.failover.restart_attempts;
+                self.emit(
+                    Level::Error,
+                    "vm-start-failed",
+                    format!(
+                        "{} did not start here ({message}); failed restarts: {} of {limit}",
+                        record.name, record.failed_restarts
+                    ),
+                );
+                if let Err(Refusal(_, e)) = self.write_record(slot, &record) {
+                    self.emit(
+                        Level::Warn,
+                        "vm-record-failed",
+                        format!("{}: cannot count the failed start: {e}", record.name),
+                    );
+                }
+                if record.failed_restarts >= limit {
+                    self.emit(
+                        Level::Error,
+                        "vm-failed",
+                        format!(
+                            "{} failed to start {} times in a row; nobody restarts it until `leasehold vm start {}`",
+                            record.name, record.failed_restarts, record.name
+                        ),
+                    );
+                }
+                // Nothing of it may run once the lease is given up.
+                if let Ok(h) = self.hypervisor() {
+                    let _ = h.destroy(&record.uuid);
+                }
+                if let Err(Refusal(_, e)) = self.release(&record.name, &record.uuid, false) {
+                    self.emit(
+                        Level::Warn,
+                        "release-failed",
+                        format!("{}: {e}", record.name),
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Take and start the waiting VMs whose turn has come for this host.
+    fn restart_waiting(&mut self, entries: &[VmEntry], hosts: &Hosts) {
+        let config = self.context.config.failover;
+        let over = |o: Owner| hosts.is_over(o);
+        let turns = failover::turns(entries, &hosts.views, &over, config.restart_attempts);
+        let now = now_ms();
+        let keys: BTreeSet<(String, u64, u32)> = turns
+            .iter()
+            .filter_map(|t| Self::waiting_key(entries, t))
+            .collect();
+        self.waiting_since.retain(|k, _| keys.contains(k));
+        for key in keys {
+            self.waiting_since.entry(key).or_insert(now);
+        }
+        let own = self.space.config.host_id.get();
+        let priority_of = |turn: &Turn| {
+            entries
+                .iter()
+                .find(|e| e.slot == turn.slot)
+                .and_then(|e| e.record.as_ref().ok())
+                .map(|r| r.priority)
+        };
+        // Priority waves: a VM waits while one of higher priority still
+        // waits for its first host (for at most one grace period), so the
+        // important VMs get their hosts first, cluster-wide.
+        let blocking = turns
+            .iter()
+            .filter(|t| {
+                Self::waiting_key(entries, t)
+                    .and_then(|k| self.waiting_since.get(&k))
+                    .is_some_and(|since| now < since.saturating_add(config.restart_grace_ms))
+            })
+            .filter_map(&priority_of)
+            .max();
+        for turn in turns {
+            if let (Some(wave), Some(priority)) = (blocking, priority_of(&turn)) {
+                if priority < wave {
+                    continue;
+                }
+            }
+            let Some(key) = Self::waiting_key(entries, &turn) else {
+                continue;
+            };
+            let since = self.waiting_since.get(&key).copied().unwrap_or(now);
+            let Some(delay) = failover::delay_ms(&turn, own, config.restart_grace_ms) else {
+                continue;
+            };
+            if now < since.saturating_add(delay) {
+                continue;
+            }
+            let Some(entry) = entries.iter().find(|e| e.slot == turn.slot) else {
+                continue;
+            };
+            self.take(entry, hosts, delay);
+        }
+    }
+
+    fn waiting_key(entries: &[VmEntry], turn: &Turn) -> Option<(String, u64, u32)> {
+        let entry = entries.iter().find(|e| e.slot == turn.slot)?;
+        let record = entry.record.as_ref().ok()?;
+        Some((turn.vm.clone(), entry.lver, record.failed_restarts))
+    }
+
+    fn take(&mut self, entry: &VmEntry, hosts: &Hosts, delay_ms: u64) {
+        let Ok(record) = entry.record.clone() else {
+            return;
+        };
+        if let Err(Refusal(kind, message)) = self.acquire(&record.name, &record.uuid) {
+            if kind != ErrorKind::Busy {
+                self.emit(
+                    Level::Warn,
+                    "vm-take-failed",
+                    format!("cannot take the lease of {}: {message}", record.name),
+                );
+            }
+            return;
+        }
+        // The lease is ours: the record read now is the truth.
+        let record = match self.read_record(entry.slot) {
+            Ok(r) => r,
+            Err(Refusal(_, e)) => {
+                self.emit(
+                    Level::Error,
+                    "vm-record-unusable",
+                    format!("{}: {e}; not started", record.name),
+                );
+                let _ = self.release(&record.name, &record.uuid, false);
+                return;
+            }
+        };
+        if record.desired != DesiredState::Running {
+            let _ = self.release(&record.name, &record.uuid, false);
+            return;
+        }
+        let why = match entry.holder {
+            Some(o) => format!(
+                "its lease was held by host {} ({}) generation {}, which is over",
+                o.host_id,
+                hosts.name(o.host_id.get()),
+                o.generation
+            ),
+            None if delay_ms > 0 => format!(
+                "it waited for a host; this host's turn came after {} ms",
+                delay_ms
+            ),
+            None => "it waited for a host".to_string(),
+        };
+        self.start_held(entry.slot, record, &why);
+    }
+
+    // ---- requests -----------------------------------------------------------------
+
+    fn handle(&mut self, request: Request) -> Reply {
+        let result = match request {
+            Request::VmList {} => self.list().map(Reply::success),
+            Request::VmAdd {
+                xml,
+                priority,
+                restart,
+                host,
+                force,
+            } => self
+                .add(&xml, priority, restart, host.as_deref(), force)
+                .map(Reply::success),
+            Request::VmStart { vm, host } => {
+                self.start_request(&vm, host.as_deref()).map(Reply::success)
+            }
+            Request::VmStop { vm } => self.stop(&vm).map(Reply::success),
+            Request::VmMigrate { vm, host } => self.migrate(&vm, &host).map(Reply::success),
+            Request::VmRemove { vm } => self.remove(&vm).map(Reply::success),
+            _ => Err(Refusal(
+                ErrorKind::BadRequest,
+                "not a vm request".to_string(),
+            )),
+        };
+        result.unwrap_or_else(|Refusal(kind, message)| Reply::failure(kind, message))
+    }
+
+    fn joined(&self) -> Outcome<Owner> {
+        self.space.owner().ok_or_else(|| {
+            Refusal(
+                ErrorKind::NotJoined,
+                format!(
+                    "host {} does not hold lockspace {} now; VMs cannot be managed from here",
+                    self.space.config.host_id, self.space.config.name
+                ),
+            )
+        })
+    }
+
+    fn fresh(&mut self) -> Outcome<(Vec<VmEntry>, Hosts)> {
+        self.joined()?;
+        self.cache.clear();
+        let entries = self.scan()?;
+        let hosts = self.hosts(&entries);
+        Ok((entries, hosts))
+    }
+
+    fn find<'a>(entries: &'a [VmEntry], vm: &str) -> Outcome<&'a VmEntry> {
+        entries
+            .iter()
+            .find(|e| e.name == vm || e.record.as_ref().is_ok_and(|r| r.uuid == vm))
+            .ok_or_else(|| {
+                Refusal(
+                    ErrorKind::NotFound,
+                    format!("no HA VM named {vm:?} on the lease device (see `leasehold vm list`)"),
+                )
+            })
+    }
+
+    /// A host named by name or id, which must be live.
+    fn resolve_host(hosts: &Hosts, host: &str) -> Outcome<u32> {
+        let id = host
+            .parse::<u32>()
+            .ok()
+            .filter(|id| hosts.names.contains_key(id))
+            .or_else(|| {
+                hosts
+                    .names
+                    .iter()
+                    .find(|(_, name)| name.as_str() == host)
+                    .map(|(id, _)| *id)
+            })
+            .ok_or_else(|| {
+                Refusal(
+                    ErrorKind::NotFound,
+                    format!("no host {host:?} in the lockspace (see `leasehold hosts`)"),
+                )
+            })?;
+        if !hosts.views.iter().any(|h| h.host_id == id && h.live) {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!("host {id} ({}) is not live now", hosts.name(id)),
+            ));
+        }
+        Ok(id)
+    }
+
+    fn status_of(&self, entry: &VmEntry, hosts: &Hosts) -> VmStatus {
+        let attempts = self.context.config.failover.restart_attempts;
+        let record = entry.record.as_ref().ok();
+        let over = |o: Owner| hosts.is_over(o);
+        let state = match record {
+            None => "unusable",
+            Some(r) if r.failed_restarts >= attempts && entry.holder.is_none() => "failed",
+            Some(_) if failover::waiting(entry, &over, attempts) => "waiting",
+            Some(_) if entry.holder.is_some_and(|o| !hosts.is_over(o)) => "running",
+            Some(_) => "stopped",
+        };
+        VmStatus {
+            name: entry.name.clone(),
+            uuid: record.map(|r| r.uuid.clone()),
+            slot: entry.slot,
+            lver: entry.lver,
+            state: state.to_string(),
+            priority: record.map(|r| r.priority),
+            memory_mib: record.map(|r| r.memory_mib).unwrap_or(0),
+            vcpus: record.map(|r| r.vcpus).unwrap_or(0),
+            desired: record.map(|r| r.desired),
+            restart: record.map(|r| r.restart),
+            failed_restarts: record.map(|r| r.failed_restarts).unwrap_or(0),
+            preferred_host: record.and_then(|r| r.preferred_host),
+            owner_host_id: entry.holder.map(|o| o.host_id.get()),
+            owner_host_name: entry.holder.map(|o| hosts.name(o.host_id.get())),
+            owner_generation: entry.holder.map(|o| o.generation),
+            error: entry.record.as_ref().err().cloned(),
+        }
+    }
+
+    fn list(&mut self) -> Outcome<VmListReply> {
+        let (entries, hosts) = self.fresh()?;
+        let headroom = placement::headroom(
+            &Self::loads(&entries, &hosts),
+            self.context.config.failover.host_failures_to_tolerate,
+        );
+        Ok(VmListReply {
+            vms: entries.iter().map(|e| self.status_of(e, &hosts)).collect(),
+            headroom: Some(headroom),
+        })
+    }
+
+    /// Admission control for `record` joining host `target`: None if the
+    /// cluster can still restart every HA VM after losing
+    /// `host_failures_to_tolerate` hosts, else why not.
+    fn admission(
+        &self,
+        entries: &[VmEntry],
+        hosts: &Hosts,
+        target: u32,
+        record: &VmRecord,
+    ) -> Option<String> {
+        let mut loads = Self::loads(entries, hosts);
+        let tolerate = self.context.config.failover.host_failures_to_tolerate;
+        let Some(load) = loads.iter_mut().find(|l| l.host_id == target) else {
+            return Some(format!("host {target} is not live"));
+        };
+        let used: u64 = load.vms.iter().map(|v| u64::from(v.memory_mib)).sum();
+        let free = u64::from(load.memory_mib_total).saturating_sub(used);
+        if free < u64::from(record.memory_mib) {
+            return Some(format!(
+                "host {target} ({}) has {free} MiB of {} MiB free, {} needs {} MiB",
+                hosts.name(target),
+                load.memory_mib_total,
+                record.name,
+                record.memory_mib
+            ));
+        }
+        load.vms.push(record.need());
+        let headroom = placement::headroom(&loads, tolerate);
+        if headroom.ok {
+            return None;
+        }
+        let lost: Vec<String> = headroom
+            .worst_lost_hosts
+            .iter()
+            .map(|h| format!("{h} ({})", hosts.name(*h)))
+            .collect();
+        Some(format!(
+            "with {} on host {}, losing host(s) {} would leave no room to restart {} (host_failures_to_tolerate = {tolerate}; {} host(s) live, {} MiB in HA VMs)",
+            record.name,
+            target,
+            lost.join(", "),
+            headroom.unplaced.join(", "),
+            loads.len(),
+            loads
+                .iter()
+                .flat_map(|l| l.vms.iter())
+                .map(|v| u64::from(v.memory_mib))
+                .sum::<u64>()
+        ))
+    }
+
+    fn add(
+        &mut self,
+        xml: &str,
+        priority: Option<Priority>,
+        restart: Option<RestartPolicy>,
+        host: Option<&str>,
+        force: bool,
+    ) -> Outcome<VmActionReply> {
+        let mut record = VmRecord::new(xml, priority.unwrap_or(Priority::Medium))
+            .map_err(|e| Refusal(ErrorKind::BadRequest, e.to_string()))?;
+        if let Some(restart) = restart {
+            record.restart = restart;
+        }
+        let capacity = payload::capacity_bytes(&self.space.open()?.1.geometry);
+        if record.encode().len() > usize::try_from(capacity).unwrap_or(usize::MAX) {
+            return Err(Refusal(
+                ErrorKind::BadRequest,
+                format!(
+                    "the VM record of {} takes {} bytes; a slot's payload holds {capacity} (format the device with a larger --payload-size)",
+                    record.name,
+                    record.encode().len()
+                ),
+            ));
+        }
+        let (entries, hosts) = self.fresh()?;
+        if let Some(existing) = entries.iter().find(|e| {
+            e.name == record.name || e.record.as_ref().is_ok_and(|r| r.uuid == record.uuid)
+        }) {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!(
+                    "a HA VM {} (slot {}) is already registered with this name or UUID; `leasehold vm remove` it first",
+                    existing.name, existing.slot
+                ),
+            ));
+        }
+        let own = self.space.config.host_id.get();
+        let target = match host {
+            Some(h) => Self::resolve_host(&hosts, h)?,
+            None => own,
+        };
+        let mut warning = None;
+        if let Some(reason) = self.admission(&entries, &hosts, target, &record) {
+            if !force {
+                return Err(Refusal(
+                    ErrorKind::Conflict,
+                    format!("admission control refuses {}: {reason}; add capacity, or pass --force to add it anyway", record.name),
+                ));
+            }
+            let text = format!("admission control overridden (--force): {reason}");
+            self.emit(Level::Warn, "admission-overridden", text.clone());
+            warning = Some(text);
+        }
+        if target != own {
+            record.preferred_host = Some(target);
+        }
+        self.acquire(&record.name, &record.uuid)?;
+        let slot = self.slot_of(&record.name)?;
+        if let Err(e) = self.write_record(slot, &record) {
+            let _ = self.release(&record.name, &record.uuid, true);
+            return Err(e);
+        }
+        self.emit(
+            Level::Info,
+            "vm-added",
+            format!(
+                "{} ({}, {} priority, {} MiB, {} vCPUs) registered in slot {slot}",
+                record.name,
+                record.uuid,
+                priority_name(record.priority),
+                record.memory_mib,
+                record.vcpus
+            ),
+        );
+        let message = if target == own {
+            if !self.start_held(slot, record.clone(), "added") {
+                return Err(Refusal(
+                    ErrorKind::Internal,
+                    format!(
+                        "{} is registered but did not start here (see `leasehold events`); the other hosts will try it in turn",
+                        record.name
+                    ),
+                ));
+            }
+            format!("{} registered and running on host {own}", record.name)
+        } else {
+            self.release(&record.name, &record.uuid, false)?;
+            format!(
+                "{} registered; host {target} ({}) starts it",
+                record.name,
+                hosts.name(target)
+            )
+        };
+        Ok(VmActionReply {
+            vm: record.name,
+            message,
+            warning,
+        })
+    }
+
+    fn slot_of(&mut self, name: &str) -> Outcome<u32> {
+        let (disk, space) = self.device()?;
+        match run(lease::resource::lookup(&space, name), disk, &SystemClock)? {
+            Some((slot, _)) => Ok(slot),
+            None => Err(Refusal(
+                ErrorKind::Internal,
+                format!("{name} has no slot after its acquire"),
+            )),
+        }
+    }
+
+    /// Our lease on the VM of `entry` (held already, or acquired now when
+    /// free or over), with its current record.
+    fn hold(&mut self, entry: &VmEntry, hosts: &Hosts, action: &str) -> Outcome<VmRecord> {
+        let record = entry
+            .record
+            .clone()
+            .map_err(|e| Refusal(ErrorKind::Conflict, e))?;
+        let own = self.space.owner();
+        match entry.holder {
+            Some(o) if Some(o) == own => {}
+            Some(o) if !hosts.is_over(o) => {
+                return Err(Refusal(
+                    ErrorKind::Busy,
+                    format!(
+                        "{} runs on host {} ({}): run `leasehold vm {action} {}` there",
+                        record.name,
+                        o.host_id,
+                        hosts.name(o.host_id.get()),
+                        record.name
+                    ),
+                ))
+            }
+            _ => self.acquire(&record.name, &record.uuid)?,
+        }
+        self.read_record(entry.slot)
+    }
+
+    fn start_request(&mut self, vm: &str, host: Option<&str>) -> Outcome<VmActionReply> {
+        let (entries, hosts) = self.fresh()?;
+        let entry = Self::find(&entries, vm)?.clone();
+        let own = self.space.config.host_id.get();
+        let target = match host {
+            Some(h) => Self::resolve_host(&hosts, h)?,
+            None => own,
+        };
+        if let Some(o) = entry.holder.filter(|o| !hosts.is_over(*o)) {
+            if o.host_id.get() != own || target != own {
+                return Err(Refusal(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} already runs on host {} ({}); use `leasehold vm migrate` to move it",
+                        entry.name,
+                        o.host_id,
+                        hosts.name(o.host_id.get())
+                    ),
+                ));
+            }
+        }
+        let mut record = self.hold(&entry, &hosts, "start")?;
+        record.desired = DesiredState::Running;
+        record.failed_restarts = 0;
+        record.preferred_host = (target != own).then_some(target);
+        if let Err(e) = self.write_record(entry.slot, &record) {
+            let _ = self.release(&record.name, &record.uuid, false);
+            return Err(e);
+        }
+        if target != own {
+            self.release(&record.name, &record.uuid, false)?;
+            return Ok(VmActionReply {
+                message: format!(
+                    "{}: host {target} ({}) starts it",
+                    record.name,
+                    hosts.name(target)
+                ),
+                vm: record.name,
+                warning: None,
+            });
+        }
+        if !self.start_held(entry.slot, record.clone(), "started by request") {
+            return Err(Refusal(
+                ErrorKind::Internal,
+                format!(
+                    "{} did not start here (see `leasehold events`)",
+                    record.name
+                ),
+            ));
+        }
+        Ok(VmActionReply {
+            message: format!("{} running on host {own}", record.name),
+            vm: record.name,
+            warning: None,
+        })
+    }
+
+    /// Stop the VM here (its lease held here), with `record` saved first
+    /// so nobody restarts it meanwhile, then give the lease up.
+    fn stop_here(&mut self, slot: u32, record: &VmRecord, forget: bool) -> Outcome<()> {
+        self.write_record(slot, record)?;
+        let destroyed = self.hypervisor().and_then(|h| {
+            h.destroy(&record.uuid)
+                .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
+        });
+        if let Err(Refusal(kind, e)) = destroyed {
+            // Still running, or unknown: the lease stays held.
+            self.hypervisor = None;
+            return Err(Refusal(
+                kind,
+                format!("{e}; {} keeps its lease until it is stopped", record.name),
+            ));
+        }
+        self.release(&record.name, &record.uuid, forget)
+    }
+
+    fn stop(&mut self, vm: &str) -> Outcome<VmActionReply> {
+        let (entries, hosts) = self.fresh()?;
+        let entry = Self::find(&entries, vm)?.clone();
+        let mut record = self.hold(&entry, &hosts, "stop")?;
+        record.desired = DesiredState::Stopped;
+        record.preferred_host = None;
+        self.stop_here(entry.slot, &record, false)?;
+        self.emit(
+            Level::Info,
+            "vm-stopped",
+            format!("{} stopped by request; it stays stopped", record.name),
+        );
+        Ok(VmActionReply {
+            message: format!("{} stopped", record.name),
+            vm: record.name,
+            warning: None,
+        })
+    }
+
+    fn migrate(&mut self, vm: &str, host: &str) -> Outcome<VmActionReply> {
+        let (entries, hosts) = self.fresh()?;
+        let entry = Self::find(&entries, vm)?.clone();
+        let target = Self::resolve_host(&hosts, host)?;
+        let own = self.space.config.host_id.get();
+        if target == own {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!(
+                    "{} is to move to this host: use `leasehold vm start`",
+                    entry.name
+                ),
+            ));
+        }
+        let mut record = self.hold(&entry, &hosts, "migrate")?;
+        // Room on the target, counted without this VM where it is now.
+        let others: Vec<VmEntry> = entries
+            .iter()
+            .filter(|e| e.slot != entry.slot)
+            .cloned()
+            .collect();
+        if let Some(reason) = self.admission(&others, &hosts, target, &record) {
+            let _ = self.release_if_stopped(&entry, &record);
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!("cannot move {} to host {target}: {reason}", record.name),
+            ));
+        }
+        record.desired = DesiredState::Running;
+        record.failed_restarts = 0;
+        record.preferred_host = Some(target);
+        self.stop_here(entry.slot, &record, false)?;
+        self.emit(
+            Level::Info,
+            "vm-migrating",
+            format!(
+                "{} stopped here and handed to host {target} ({})",
+                record.name,
+                hosts.name(target)
+            ),
+        );
+        Ok(VmActionReply {
+            message: format!(
+                "{} stopped on host {own}; host {target} ({}) starts it",
+                record.name,
+                hosts.name(target)
+            ),
+            vm: record.name,
+            warning: None,
+        })
+    }
+
+    /// After `hold` acquired a free VM's lease for a request that then
+    /// failed: give it back if the VM does not run here.
+    fn release_if_stopped(&mut self, entry: &VmEntry, record: &VmRecord) -> Outcome<()> {
+        if entry.holder.is_some() && entry.holder == self.space.owner() {
+            return Ok(());
+        }
+        self.release(&record.name, &record.uuid, false)
+    }
+
+    fn remove(&mut self, vm: &str) -> Outcome<VmActionReply> {
+        let (entries, hosts) = self.fresh()?;
+        let entry = Self::find(&entries, vm)?.clone();
+        let record = match &entry.record {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                return Err(Refusal(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{}: {e}; an unusable record is not removed automatically",
+                        entry.name
+                    ),
+                ))
+            }
+        };
+        if record.desired == DesiredState::Running
+            && entry.holder.is_some_and(|o| !hosts.is_over(o))
+        {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!(
+                    "{} is running: `leasehold vm stop {}` first",
+                    record.name, record.name
+                ),
+            ));
+        }
+        let record = self.hold(&entry, &hosts, "remove")?;
+        if record.desired == DesiredState::Running {
+            let _ = self.release_if_stopped(&entry, &record);
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!(
+                    "{} is wanted running: `leasehold vm stop {}` first",
+                    record.name, record.name
+                ),
+            ));
+        }
+        // An empty payload is "no VM"; then the slot is freed with the lease.
+        {
+            let owner = self.joined()?;
+            let (disk, space) = self.device()?;
+            run(
+                payload::write(&space, entry.slot, owner, Vec::new()),
+                disk,
+                &SystemClock,
+            )?;
+        }
+        if let Ok(h) = self.hypervisor() {
+            let _ = h.undefine(&record.uuid);
+        }
+        self.release(&record.name, &record.uuid, true)?;
+        self.cache.remove(&entry.slot);
+        self.emit(
+            Level::Info,
+            "vm-removed",
+            format!(
+                "{} removed from the registry (slot {} freed)",
+                record.name, entry.slot
+            ),
+        );
+        Ok(VmActionReply {
+            message: format!("{} removed", record.name),
+            vm: record.name,
+            warning: None,
+        })
+    }
+}
+
+fn priority_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => "high",
+        Priority::Medium => "medium",
+        Priority::Low => "low",
+    }
+}

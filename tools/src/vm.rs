@@ -1,0 +1,129 @@
+//! `leasehold vm ...`: the HA VM registry through this host's daemon.
+
+use crate::cli::{PriorityArg, RestartArg, VmCommand};
+use crate::control::{call, print_json, print_result};
+use anyhow::{Context, Result};
+use leasehold_daemon::placement::{Headroom, Priority};
+use leasehold_daemon::protocol::{Request, VmActionReply, VmListReply};
+use leasehold_daemon::registry::RestartPolicy;
+
+pub fn run(command: &VmCommand) -> Result<()> {
+    match command {
+        VmCommand::Add(a) => {
+            let xml = std::fs::read_to_string(&a.xml)
+                .with_context(|| format!("cannot read the domain XML {}", a.xml))?;
+            let request = Request::VmAdd {
+                xml,
+                priority: Some(match a.priority {
+                    PriorityArg::High => Priority::High,
+                    PriorityArg::Medium => Priority::Medium,
+                    PriorityArg::Low => Priority::Low,
+                }),
+                restart: Some(match a.restart {
+                    RestartArg::Always => RestartPolicy::Always,
+                    RestartArg::Never => RestartPolicy::Never,
+                }),
+                host: a.host.clone(),
+                force: a.force,
+            };
+            action(&a.daemon, &request)
+        }
+        VmCommand::List(args) => list(args),
+        VmCommand::Start(a) => action(
+            &a.daemon,
+            &Request::VmStart {
+                vm: a.vm.clone(),
+                host: a.host.clone(),
+            },
+        ),
+        VmCommand::Stop(a) => action(&a.daemon, &Request::VmStop { vm: a.vm.clone() }),
+        VmCommand::Migrate(a) => action(
+            &a.daemon,
+            &Request::VmMigrate {
+                vm: a.vm.clone(),
+                host: a.host.clone(),
+            },
+        ),
+        VmCommand::Remove(a) => action(&a.daemon, &Request::VmRemove { vm: a.vm.clone() }),
+    }
+}
+
+fn action(args: &crate::cli::DaemonArgs, request: &Request) -> Result<()> {
+    let value = call(args, request)?;
+    let reply: VmActionReply =
+        serde_json::from_value(value.clone()).context("unexpected vm reply")?;
+    if let Some(warning) = &reply.warning {
+        eprintln!("leasehold: warning: {warning}");
+    }
+    print_result(args, &value, reply.message)
+}
+
+/// One line on admission control, for `vm list` and `status`.
+pub fn headroom_line(headroom: &Headroom) -> String {
+    if headroom.ok {
+        format!(
+            "headroom: ok, every HA VM restarts after losing any {} host(s); {} MiB spare in the worst case",
+            headroom.failures_to_tolerate, headroom.spare_memory_mib
+        )
+    } else {
+        format!(
+            "headroom: NOT ENOUGH for {} host failure(s): losing host(s) {:?} leaves no room for {}",
+            headroom.failures_to_tolerate,
+            headroom.worst_lost_hosts,
+            headroom.unplaced.join(", ")
+        )
+    }
+}
+
+fn list(args: &crate::cli::DaemonArgs) -> Result<()> {
+    let value = call(args, &Request::VmList {})?;
+    if args.json {
+        return print_json(&value);
+    }
+    let reply: VmListReply = serde_json::from_value(value).context("unexpected vm list reply")?;
+    println!(
+        "{:<20} {:<9} {:<8} {:>7} {:>5}  {:<24} {:>5}  note",
+        "VM", "STATE", "PRIORITY", "MEM MiB", "VCPUS", "HOST", "LVER"
+    );
+    for vm in &reply.vms {
+        let host = match (vm.owner_host_id, &vm.owner_host_name) {
+            (Some(id), Some(name)) => {
+                format!("{id} ({name}) gen {}", vm.owner_generation.unwrap_or(0))
+            }
+            (Some(id), None) => id.to_string(),
+            _ => "-".to_string(),
+        };
+        let priority = vm
+            .priority
+            .map(|p| format!("{p:?}").to_lowercase())
+            .unwrap_or_else(|| "-".to_string());
+        let mut note = String::new();
+        if vm.failed_restarts > 0 {
+            note.push_str(&format!("{} failed restart(s) ", vm.failed_restarts));
+        }
+        if let Some(h) = vm.preferred_host {
+            note.push_str(&format!("to host {h} "));
+        }
+        if let Some(e) = &vm.error {
+            note.push_str(e);
+        }
+        println!(
+            "{:<20} {:<9} {:<8} {:>7} {:>5}  {:<24} {:>5}  {}",
+            vm.name,
+            vm.state,
+            priority,
+            vm.memory_mib,
+            vm.vcpus,
+            host,
+            vm.lver,
+            note.trim_end()
+        );
+    }
+    if reply.vms.is_empty() {
+        println!("(no HA VMs registered)");
+    }
+    if let Some(h) = &reply.headroom {
+        println!("{}", headroom_line(h));
+    }
+    Ok(())
+}
