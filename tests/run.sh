@@ -22,14 +22,27 @@ command -v fence_ipmilan >/dev/null || packages+=(fence-agents)
 # libvirt's client library and headers for the daemon's hypervisor module.
 command -v pkg-config >/dev/null || packages+=(pkg-config)
 pkg-config --exists libvirt 2>/dev/null || packages+=(libvirt-dev)
-if [ ${#packages[@]} -gt 0 ]; then
+# Real VMs for the failover tests: an unprivileged libvirtd per simulated
+# host running QEMU guests (tests/support/libvirt/README.md). qemu-utils
+# from bookworm itself: the newer one some images carry breaks qemu-system.
+vm_packages=()
+command -v libvirtd >/dev/null || vm_packages+=(libvirt-daemon libvirt-daemon-driver-qemu)
+command -v virsh >/dev/null || vm_packages+=(libvirt-clients)
+command -v qemu-system-x86_64 >/dev/null || vm_packages+=(qemu-system-x86 qemu-utils/bookworm)
+if [ ${#packages[@]} -gt 0 ] || [ ${#vm_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "tests/run.sh: need root to install ${packages[*]}" >&2
+        echo "tests/run.sh: need root to install ${packages[*]} ${vm_packages[*]}" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${packages[@]}" >/dev/null
+    if [ ${#packages[@]} -gt 0 ]; then
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${packages[@]}" >/dev/null
+    fi
+    if [ ${#vm_packages[@]} -gt 0 ]; then
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+            --allow-downgrades "${vm_packages[@]}" >/dev/null
+    fi
 fi
 
 cargo fmt --all -- --check

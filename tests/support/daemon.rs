@@ -31,6 +31,10 @@ pub struct HostSpec {
     pub bmc_port: Option<u16>,
     /// control.group: members may use the socket.
     pub socket_group: Option<String>,
+    /// Shell commands run at power-on before the daemon (behind a BMC),
+    /// e.g. starting the host's libvirtd; `$MEMBERS` names the BMC's
+    /// members file (processes killed with the host).
+    pub boot_prefix: Option<String>,
 }
 
 impl HostSpec {
@@ -46,6 +50,7 @@ impl HostSpec {
             secrets: None,
             bmc_port: None,
             socket_group: None,
+            boot_prefix: None,
         }
     }
 
@@ -110,8 +115,15 @@ impl Host {
     /// Powered on here.
     pub fn start_with_bmc(root: &Path, spec: HostSpec) -> Host {
         let mut host = Host::configure(root, spec);
+        let members = host.dir.join("bmc").join("host.pgid.members");
         let command = format!(
-            "exec '{}' --config '{}'",
+            "export MEMBERS='{}'; {}exec '{}' --config '{}'",
+            members.display(),
+            host.spec
+                .boot_prefix
+                .as_ref()
+                .map(|p| format!("{p} && "))
+                .unwrap_or_default(),
             leaseholdd_bin().display(),
             host.config.display()
         );

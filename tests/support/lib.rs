@@ -97,8 +97,23 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// A scratch directory with a short path (`/var/tmp/lh-LABEL-PID`):
+    /// for libvirt, whose UNIX socket paths must fit in 108 bytes.
+    pub fn short(label: &str) -> Scratch {
+        let path = Path::new("/var/tmp").join(format!("lh-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create scratch dir");
+        Scratch { path }
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if std::env::var_os("LEASEHOLD_KEEP_SCRATCH").is_some() {
+            eprintln!("kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
