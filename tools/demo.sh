@@ -1,27 +1,25 @@
 #!/usr/bin/env bash
-# The demo: a file-backed lease device shared by two hosts. Formats it, joins
-# host 1 (alpha) and host 2 (bravo), lets alpha acquire the resource vm1,
-# shows bravo refused while alpha holds it, then alpha releases and bravo
-# takes it; dumps the device between steps.
+# The demo (the README's first command): a local 3-host cluster on one
+# file-backed lease device, one leaseholdd and one simulated BMC (ipmi_sim)
+# per host, libvirt's test driver for the VMs. Registers three HA VMs on
+# hostA, powers hostA off through its BMC and prints the failover as it
+# happens. Installs what it needs when missing (as root): openipmi for the
+# BMCs, libvirt-dev and pkg-config to build the daemon. Arguments go to
+# `leasehold demo` (e.g. --io-timeout 0.5, --keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet -p leasehold-tools --bin leasehold
-leasehold=target/debug/leasehold
-dir=${LEASEHOLD_DEMO_DIR:-/var/tmp/leasehold-demo}
-mkdir -p "$dir"
-device=$dir/lease.img
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-
-step $leasehold format "$device" --lockspace demo --max-hosts 8 --max-resources 4 --io-timeout 0.5 --force
-step $leasehold direct join "$device" --host-id 1 --host-name alpha
-step $leasehold direct join "$device" --host-id 2 --host-name bravo
-step $leasehold direct acquire "$device" --host-id 1 --resource vm1
-set +e
-step $leasehold direct acquire "$device" --host-id 2 --resource vm1
-echo "(exit status $?: busy, alpha holds vm1 and is not known to be dead)"
-set -e
-step $leasehold dump "$device"
-step $leasehold direct release "$device" --host-id 1 --resource vm1
-step $leasehold direct acquire "$device" --host-id 2 --resource vm1
-step $leasehold direct leave "$device" --host-id 1 --host-name alpha
-step $leasehold dump "$device"
+packages=()
+command -v ipmi_sim >/dev/null || packages+=(openipmi)
+command -v pkg-config >/dev/null || packages+=(pkg-config)
+pkg-config --exists libvirt 2>/dev/null || packages+=(libvirt-dev)
+if [ ${#packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tools/demo.sh: need root to install ${packages[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${packages[@]}" >/dev/null
+fi
+cargo build --quiet -p leasehold-daemon -p leasehold-tools
+exec target/debug/leasehold demo "$@"

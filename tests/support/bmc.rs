@@ -3,7 +3,7 @@
 //! (RMCP+, cipher suite 3), whose chassis power is the host: power off
 //! SIGKILLs the host's session (its leaseholdd) and every process the test
 //! started for it; power on starts the host's command again in a new
-//! session. Scripts in tests/support/bmc/.
+//! session. Scripts in tools/simbmc/ (shared with `leasehold demo`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,8 +14,9 @@ pub const PASSWORD: &str = "Pw-7fz3Qx9k";
 
 fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("support")
-        .join("bmc")
+        .join("..")
+        .join("tools")
+        .join("simbmc")
 }
 
 /// A UDP port nobody uses right now.

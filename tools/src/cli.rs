@@ -47,6 +47,25 @@ pub enum Command {
     /// this host's daemon (the registry lives on the lease device).
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Run a local 3-host cluster (one leaseholdd and one simulated BMC
+    /// per host, one file-backed lease device, libvirt's test driver),
+    /// power a host off through its BMC and show the failover.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where the demo keeps its lease device, configurations and logs
+    /// (wiped first).
+    #[arg(long, default_value = "/var/tmp/leasehold-demo")]
+    pub dir: String,
+    /// io_timeout of the demo lockspace in seconds; a silent host is
+    /// declared after 8 io_timeouts.
+    #[arg(long, default_value_t = 1.0)]
+    pub io_timeout: f64,
+    /// Keep the directory (logs, event logs, lease device) afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod control;
+mod demo;
 mod direct;
 mod dump;
 mod exit;
@@ -24,6 +25,7 @@ fn main() {
         cli::Command::Client(command) => control::client(&command),
         cli::Command::Fence(args) => control::fence(&args),
         cli::Command::Vm(command) => vm::run(&command),
+        cli::Command::Demo(args) => demo::run(&args),
     };
     if let Err(error) = result {
         eprintln!("leasehold: error: {error:#}");
