@@ -327,7 +327,7 @@ pub struct FormatArgs {
     #[arg(long, default_value_t = lease::format::PAYLOAD_SIZE_BYTES_DEFAULT)]
     pub payload_size: u32,
     /// Default io_timeout of the lockspace, in seconds (0.1 to 300).
-    #[arg(long, default_value = "10", value_parser = parse_seconds_ms)]
+    #[arg(long, default_value = "1", value_parser = parse_seconds_ms)]
     pub io_timeout: u32,
     /// Overwrite an existing lease device.
     #[arg(long)]
