@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod bmc;
+pub mod cluster;
 pub mod daemon;
 
 /// Path of the `leasehold` binary of this build, built on first use.
