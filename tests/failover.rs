@@ -284,3 +284,133 @@ fn vm_lifecycle_stop_start_migrate_remove() {
     c.add_vm(1, None, ("life", 7, 128), Priority::Medium, false)
         .expect("add again");
 }
+
+#[test]
+fn a_paused_host_is_fenced_and_its_vms_run_elsewhere_never_on_it_again() {
+    let c = cluster("failover-sigstop", 2048);
+    add_three(&c);
+    // The whole host stops (daemon and, in-process, its VMs), beyond expiry.
+    let pgid = c.host(1).pgid();
+    // SAFETY: kill(2) of the process group of a host this test started.
+    unsafe {
+        libc::kill(-pgid, libc::SIGSTOP);
+    }
+    let placed = c.wait_running_elsewhere(2, &NAMES, 1, Duration::from_secs(60));
+    assert!(
+        placed.is_some(),
+        "{:?}\n{:?}",
+        c.vm_list(2),
+        c.host(2).events()
+    );
+    assert!(c.hosts[1..].iter().any(|h| h.has_event("fenced")));
+    // The fence powered it off: nothing of it is left to resume.
+    let bmc = c.host(1).bmc.as_ref().expect("bmc");
+    assert!(!bmc.powered(), "host 1 still powered");
+    let events_before = c.host(1).events().len();
+    // SAFETY: as above; the group no longer exists.
+    unsafe {
+        libc::kill(-pgid, libc::SIGCONT);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.host(1).events().len(),
+        events_before,
+        "host 1 did something after the fence"
+    );
+    let l = c.vm_list(2).expect("list");
+    for name in NAMES {
+        assert!(matches!(
+            vm(&l, name).and_then(|v| v.owner_host_id),
+            Some(2 | 3)
+        ));
+    }
+}
+
+#[test]
+fn a_watchdog_host_that_loses_its_storage_destroys_its_vms_before_anyone_restarts_them() {
+    use leasehold_tests::daemon::{format_test_device, HostSpec};
+    use leasehold_tests::{sparse_file, LoopDevice, PausableDevice, Scratch};
+    // Host 1 (watchdog, no fence device) reaches the lease device through
+    // its own faultable path; hosts 2 and 3 through a loop device.
+    let scratch = Scratch::new("failover-selffence");
+    let backing = scratch.file("lease.img");
+    sparse_file(&backing, 16 << 20);
+    let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    format_test_device(&shared.path);
+    let path1 = PausableDevice::over_file(&backing);
+    let extra = "[libvirt]\nuri = \"test:///default\"\n[capacity]\nmemory_mib = 2048\nvcpus = 8\n[failover]\nrestart_grace_ms = 3000\n";
+    let spec = |id: u32, device: &str| {
+        let mut spec = HostSpec::new(id, device, T_MS);
+        spec.extra = extra.to_string();
+        spec
+    };
+    let h1 = Host::start(&scratch.path, spec(1, path1.path()).with_watchdog());
+    let survivors = [
+        Host::start(&scratch.path, spec(2, &shared.path)),
+        Host::start(&scratch.path, spec(3, &shared.path)),
+    ];
+    for h in [&h1, &survivors[0], &survivors[1]] {
+        h.wait_joined();
+        for id in 1..=3 {
+            wait_long(Duration::from_secs(20), || {
+                h.host_state(id).filter(|s| s.state == "live")
+            })
+            .expect("every host live");
+        }
+    }
+    for (i, (name, priority)) in VMS.iter().enumerate() {
+        let reply = h1.call(&Request::VmAdd {
+            xml: leasehold_tests::cluster::test_domain_xml(name, u32::try_from(i).expect("i"), 256),
+            priority: Some(*priority),
+            restart: None,
+            host: None,
+            force: false,
+        });
+        assert!(reply.ok, "{:?}", reply.error);
+    }
+    path1.fail();
+    let list = |h: &Host| -> Option<leasehold_daemon::protocol::VmListReply> {
+        h.call(&Request::VmList {})
+            .result
+            .and_then(|v| serde_json::from_value(v).ok())
+    };
+    let placed = wait_long(Duration::from_secs(60), || {
+        let l = list(&survivors[0])?;
+        NAMES
+            .iter()
+            .all(|n| vm(&l, n).is_some_and(|v| v.state == "running" && v.owner_host_id != Some(1)))
+            .then_some(l)
+    });
+    assert!(
+        placed.is_some(),
+        "{:?}\n{:?}",
+        list(&survivors[0]),
+        survivors[0].events()
+    );
+    // Host 1 destroyed each VM (self-fence) before any survivor started it.
+    let destroyed: Vec<(String, String)> = h1
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "vm-destroyed")
+        .map(|e| (e.time, e.message))
+        .collect();
+    assert_eq!(destroyed.len(), 3, "{destroyed:?}\n{}", h1.log());
+    let last_destroyed = destroyed
+        .iter()
+        .map(|(t, _)| t.clone())
+        .max()
+        .expect("times");
+    let restarts = starts(&survivors);
+    assert_eq!(restarts.len(), 3, "{restarts:?}");
+    for (time, _, message) in &restarts {
+        assert!(
+            *time > last_destroyed,
+            "{message} at {time}, destroyed by {last_destroyed}"
+        );
+    }
+    assert!(h1.has_event("self-fence"));
+    assert!(
+        h1.emulator_said("fired").is_none(),
+        "its VMs died in time: no watchdog reset"
+    );
+}

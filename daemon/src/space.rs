@@ -211,6 +211,9 @@ pub struct Space {
     /// a write that an earlier timed-out write of the same handle could
     /// overtake, which only works if it is the same handle.
     host_disk: Mutex<Option<(BoxedDisk, Lockspace)>>,
+    /// VMs (domain UUIDs) destroyed since this host lost its lease, whose
+    /// leases are not given up yet: not destroyed (nor reported) again.
+    destroyed_vms: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn clock() -> SystemClock {
@@ -246,6 +249,7 @@ impl Space {
             last_attempt_ms: std::sync::atomic::AtomicU64::new(clock().now_ms()),
             closing: std::sync::atomic::AtomicBool::new(false),
             host_disk: Mutex::new(None),
+            destroyed_vms: Mutex::new(std::collections::BTreeSet::new()),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -491,7 +495,15 @@ impl Space {
     /// more; a VM libvirt could not destroy keeps its lease held here (and
     /// the watchdog unfed) until a later call succeeds.
     pub fn destroy_vms(&self) -> bool {
-        let vms = self.held_vms();
+        let done = match self.destroyed_vms.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let vms: BTreeMap<String, String> = self
+            .held_vms()
+            .into_iter()
+            .filter(|(_, uuid)| !done.contains(uuid))
+            .collect();
         if vms.is_empty() {
             return true;
         }
@@ -510,11 +522,18 @@ impl Space {
             .collect();
         for (name, uuid) in &vms {
             match failed.iter().find(|(u, _)| u == uuid) {
-                None => self.emit(
-                    Level::Warn,
-                    "vm-destroyed",
-                    format!("destroyed {name} ({uuid}): this host no longer holds the lockspace"),
-                ),
+                None => {
+                    if let Ok(mut guard) = self.destroyed_vms.lock() {
+                        guard.insert(uuid.clone());
+                    }
+                    self.emit(
+                        Level::Warn,
+                        "vm-destroyed",
+                        format!(
+                            "destroyed {name} ({uuid}): this host no longer holds the lockspace"
+                        ),
+                    )
+                }
                 Some((_, e)) => self.emit(
                     Level::Error,
                     "vm-destroy-failed",
@@ -731,6 +750,9 @@ impl Space {
             }
         }
         self.lock().resources.clear();
+        if let Ok(mut guard) = self.destroyed_vms.lock() {
+            guard.clear();
+        }
     }
 
     fn renewal_thread(self: Arc<Self>, takeover: Option<Takeover>) {
@@ -949,6 +971,9 @@ impl Space {
             let owner = state.lease.as_ref().map(DeltaLease::owner);
             (std::mem::take(&mut state.resources), owner)
         };
+        if let Ok(mut guard) = self.destroyed_vms.lock() {
+            guard.clear();
+        }
         if let Some(owner) = owner {
             for (name, held) in &resources {
                 let request = ReleaseRequest {

@@ -463,6 +463,25 @@ impl VmManager {
             h.start(&record.uuid, &record.domain_xml)
                 .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
         });
+        // A self-fence sets its phase before it destroys the VMs it knows:
+        // either it destroyed this one after our start, or we see the lease
+        // gone here and destroy it ourselves.
+        if started.is_ok()
+            && (self.space.owner().is_none() || !self.space.held_vms().contains_key(&record.name))
+        {
+            if let Ok(h) = self.hypervisor() {
+                let _ = h.destroy(&record.uuid);
+            }
+            self.emit(
+                Level::Warn,
+                "vm-destroyed",
+                format!(
+                    "{} stopped right after its start: this host lost its lease meanwhile",
+                    record.name
+                ),
+            );
+            return false;
+        }
         match started {
             Ok(()) => {
                 if record.failed_restarts != 0 || record.preferred_host.is_some() {
