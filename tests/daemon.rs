@@ -264,7 +264,10 @@ fn bad_requests_get_errors_and_the_connection_and_daemon_survive() {
         .expect("answer");
     assert_eq!(reply.error.map(|e| e.kind), Some(ErrorKind::NotFound));
     let reply = client
-        .call(&Request::Register { pid: 999_999_999 })
+        .call(&Request::Register {
+            pid: 999_999_999,
+            bind: false,
+        })
         .expect("answer");
     assert_eq!(reply.error.map(|e| e.kind), Some(ErrorKind::NotFound));
     let reply = client
@@ -640,7 +643,12 @@ fn register_unregister_cycles_leak_no_descriptors() {
     let mut client = a.client().expect("connect");
     let before = fds();
     for _ in 0..200 {
-        assert!(client.call(&Request::Register { pid }).expect("answer").ok);
+        assert!(
+            client
+                .call(&Request::Register { pid, bind: false })
+                .expect("answer")
+                .ok
+        );
         assert!(
             client
                 .call(&Request::Unregister { pid })

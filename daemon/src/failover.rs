@@ -39,8 +39,11 @@ pub fn waiting(entry: &VmEntry, over: &dyn Fn(Owner) -> bool, restart_attempts: 
     let Ok(record) = &entry.record else {
         return false;
     };
+    // Handed to a host (`vm add --host`, `vm start --host`, `vm migrate`)
+    // and not started yet: waiting whatever its restart policy.
+    let handed_over = entry.holder.is_none() && record.preferred_host.is_some();
     record.desired == DesiredState::Running
-        && record.restart == RestartPolicy::Always
+        && (record.restart == RestartPolicy::Always || handed_over)
         && record.failed_restarts < restart_attempts
         && entry.holder.is_none_or(over)
 }
@@ -231,6 +234,30 @@ mod tests {
         corrupt.record = Err("checksum".to_string());
         let hosts = vec![host(2, true, 4096)];
         assert!(turns(&[running, stopped, corrupt], &hosts, &over, 3).is_empty());
+    }
+
+    #[test]
+    fn a_vm_handed_to_a_host_waits_even_with_restart_never() {
+        let mut handed = entry("handed", 0, 256, Priority::Low, None);
+        let mut orphan = entry("orphan", 1, 256, Priority::Low, Some((1, 1)));
+        for e in [&mut handed, &mut orphan] {
+            if let Ok(r) = e.record.as_mut() {
+                r.restart = RestartPolicy::Never;
+            }
+        }
+        if let Ok(r) = handed.record.as_mut() {
+            r.preferred_host = Some(2);
+        }
+        let hosts = vec![host(2, true, 4096)];
+        let names: Vec<String> = turns(&[handed, orphan], &hosts, &over, 3)
+            .into_iter()
+            .map(|t| t.vm)
+            .collect();
+        assert_eq!(
+            names,
+            ["handed"],
+            "a dead host's restart-never VM stays down"
+        );
     }
 
     #[test]

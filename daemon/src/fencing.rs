@@ -115,7 +115,13 @@ pub fn fencing_thread(space: Arc<Space>) {
     let _entered = span.enter();
     let mut device: Option<(lease::open::BoxedDisk, Lockspace)> = None;
     let mut retries: BTreeMap<u32, Retry> = BTreeMap::new();
-    let mut announced: BTreeMap<u32, (u64, String)> = BTreeMap::new();
+    // What was said about each victim (generation, kinds): once each.
+    let mut announced: BTreeMap<u32, (u64, std::collections::BTreeSet<String>)> = BTreeMap::new();
+    // Victims (id, generation) fenced by us or found needing no fence:
+    // left alone until the monitor stops calling them silent.
+    let mut settled: std::collections::BTreeSet<(u32, u64)> = std::collections::BTreeSet::new();
+    // While another host holds the fence lease, look again every T.
+    let mut watching: BTreeMap<u32, u64> = BTreeMap::new();
     // Only state is read between fences: looking often costs nothing and
     // starts a fence within a fraction of a second of the silent verdict.
     let interval_ms = (u64::from(space.config.io_timeout_ms) / 4).clamp(25, 250);
@@ -144,8 +150,19 @@ pub fn fencing_thread(space: Arc<Space>) {
         };
         retries.retain(|id, _| silent.iter().any(|(h, _)| h.get() == *id));
         announced.retain(|id, _| silent.iter().any(|(h, _)| h.get() == *id));
+        watching.retain(|id, _| silent.iter().any(|(h, _)| h.get() == *id));
+        settled.retain(|(id, g)| silent.iter().any(|(h, sg)| h.get() == *id && sg == g));
         for (victim, generation) in silent {
             let raw = victim.get();
+            if settled.contains(&(raw, generation)) {
+                continue;
+            }
+            if watching
+                .get(&raw)
+                .is_some_and(|next| SystemClock.now_ms() < *next)
+            {
+                continue;
+            }
             let status = hosts.iter().find(|h| h.host_id == raw);
             let name = status.map(|h| h.name.clone()).unwrap_or_default();
             let still_ms = status.map(|h| h.unchanged_for_ms).unwrap_or(0);
@@ -160,11 +177,15 @@ pub fn fencing_thread(space: Arc<Space>) {
                 .as_ref()
                 .ok_or_else(|| FenceError::UnknownHost(name.clone()))
                 .and_then(|h| Device::for_host(&space.context().config, h));
-            let said = announced.get(&raw).map(|(g, what)| (*g, what.clone()));
             let mut announce = |what: &str, level: Level, kind: &str, message: String| {
-                if said.as_ref() != Some(&(generation, what.to_string())) {
+                let entry = announced
+                    .entry(raw)
+                    .or_insert_with(|| (generation, std::collections::BTreeSet::new()));
+                if entry.0 != generation {
+                    *entry = (generation, std::collections::BTreeSet::new());
+                }
+                if entry.1.insert(what.to_string()) {
                     space.emit(level, kind, message);
-                    announced.insert(raw, (generation, what.to_string()));
                 }
             };
             let device_to_use = match fence_device {
@@ -218,6 +239,10 @@ pub fn fencing_thread(space: Arc<Space>) {
             let leader = match elect(disk.as_ref(), ls, owner, victim, generation, dead.clone()) {
                 Ok(Election::Won(leader)) => leader,
                 Ok(Election::Lost { fencer }) => {
+                    watching.insert(
+                        raw,
+                        SystemClock.now_ms() + u64::from(space.config.io_timeout_ms),
+                    );
                     announce(
                         "lost",
                         Level::Info,
@@ -230,6 +255,7 @@ pub fn fencing_thread(space: Arc<Space>) {
                     continue;
                 }
                 Ok(Election::Moot(reason)) => {
+                    settled.insert((raw, generation));
                     announce(
                         "moot",
                         Level::Info,
@@ -264,13 +290,16 @@ pub fn fencing_thread(space: Arc<Space>) {
                         method: device_to_use.method(),
                     };
                     match run(delta::mark_fenced(ls, mark), disk.as_ref(), &SystemClock) {
-                        Ok(_) => space.emit(
-                            Level::Warn,
-                            "fenced",
-                            format!(
-                                "host {raw} ({name}) powered off (confirmed) in {took_ms} ms; generation {generation} marked FENCED, its leases may be taken"
-                            ),
-                        ),
+                        Ok(_) => {
+                            settled.insert((raw, generation));
+                            space.emit(
+                                Level::Warn,
+                                "fenced",
+                                format!(
+                                    "host {raw} ({name}) powered off (confirmed) in {took_ms} ms; generation {generation} marked FENCED, its leases may be taken"
+                                ),
+                            )
+                        }
                         Err(e) => space.emit(
                             Level::Error,
                             "fence-mark-failed",

@@ -234,6 +234,11 @@ impl Holders {
             .collect()
     }
 
+    /// SIGKILL the holder `pid`, if registered.
+    pub fn kill(&self, pid: i32) -> Option<std::io::Result<()>> {
+        self.lock().get(&pid).map(|h| h.pidfd.kill())
+    }
+
     /// SIGKILL every holder with a lease in `lockspace` (every holder when
     /// None). Returns handles to wait on.
     pub fn kill_all(&self, lockspace: Option<&str>) -> Vec<(Pidfd, std::io::Result<()>)> {

@@ -29,7 +29,15 @@ pub enum Request {
     },
     /// Register process `pid` as a lease holder: its leases are released
     /// when it exits, and it is killed if this host loses its lockspace.
-    Register { pid: i32 },
+    /// With `bind`, the registration also lives only as long as this
+    /// connection: the process inherits the socket (libvirt's lock plugin
+    /// hands it to QEMU), and when it closes, the holder is killed if it
+    /// still runs and its leases are released.
+    Register {
+        pid: i32,
+        #[serde(default)]
+        bind: bool,
+    },
     /// Forget a registered process, releasing its leases.
     Unregister { pid: i32 },
     /// Acquire resource lease `resource` for registered process `pid`.

@@ -129,6 +129,49 @@ async fn connection(context: Arc<Context>, stream: UnixStream) {
         return;
     }
     let mut reader = BufReader::new(read);
+    let mut bound: Option<i32> = None;
+    connection_lines(
+        &context,
+        Peer { uid, pid },
+        &mut reader,
+        &mut write,
+        &mut bound,
+    )
+    .await;
+    if let Some(pid) = bound {
+        bound_connection_closed(&context, pid);
+    }
+}
+
+/// A bound holder's connection closed: it must not hold leases any more.
+fn bound_connection_closed(context: &Context, pid: i32) {
+    let Some(killed) = context.holders.kill(pid) else {
+        return;
+    };
+    let how = match killed {
+        Ok(()) => "sent it SIGKILL".to_string(),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => "it has exited".to_string(),
+        Err(e) => format!("cannot kill it: {e}"),
+    };
+    context.events.emit(
+        Level::Warn,
+        &context.config.lockspace,
+        "holder-connection-closed",
+        format!("the connection lease holder pid {pid} was bound to closed; {how}; its leases are released once it is gone"),
+    );
+}
+
+/// Answer the requests of one connection until it closes. A `register`
+/// with `bind` records its pid in `bound`.
+async fn connection_lines(
+    context: &Arc<Context>,
+    peer: Peer,
+    mut reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    bound: &mut Option<i32>,
+) {
+    let (uid, pid) = (peer.uid, peer.pid);
+    let context = Arc::clone(context);
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -166,11 +209,21 @@ async fn connection(context: Arc<Context>, stream: UnixStream) {
                             "not a valid request: {e} (see docs/operations.md, control socket)"
                         ),
                     ),
-                    Ok(request) => handle(&context, Peer { uid, pid }, request).await,
+                    Ok(request) => {
+                        let binds = match &request {
+                            Request::Register { pid, bind: true } => Some(*pid),
+                            _ => None,
+                        };
+                        let reply = handle(&context, Peer { uid, pid }, request).await;
+                        if reply.ok && binds.is_some() {
+                            *bound = binds;
+                        }
+                        reply
+                    }
                 },
             }
         };
-        if send(&mut write, &reply).await.is_err() {
+        if send(write, &reply).await.is_err() {
             return;
         }
     }
@@ -326,7 +379,7 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
                 ),
             }
         }
-        Request::Register { pid } => match may_register(peer, pid) {
+        Request::Register { pid, .. } => match may_register(peer, pid) {
             Ok(()) => register(context, pid),
             Err(message) => Reply::failure(ErrorKind::PermissionDenied, message),
         },

@@ -214,6 +214,9 @@ pub struct Space {
     /// VMs (domain UUIDs) destroyed since this host lost its lease, whose
     /// leases are not given up yet: not destroyed (nor reported) again.
     destroyed_vms: Mutex<std::collections::BTreeSet<String>>,
+    /// Set once the holders of a takeover that failed are confirmed gone:
+    /// the next join raises the generation floor.
+    floor_pending: std::sync::atomic::AtomicBool,
 }
 
 fn clock() -> SystemClock {
@@ -250,6 +253,7 @@ impl Space {
             closing: std::sync::atomic::AtomicBool::new(false),
             host_disk: Mutex::new(None),
             destroyed_vms: Mutex::new(std::collections::BTreeSet::new()),
+            floor_pending: std::sync::atomic::AtomicBool::new(false),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -495,9 +499,10 @@ impl Space {
     /// more; a VM libvirt could not destroy keeps its lease held here (and
     /// the watchdog unfed) until a later call succeeds.
     pub fn destroy_vms(&self) -> bool {
-        let done = match self.destroyed_vms.lock() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        // Held throughout: the guard and renewal threads may both get here.
+        let mut done = match self.destroyed_vms.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         };
         let vms: BTreeMap<String, String> = self
             .held_vms()
@@ -523,9 +528,7 @@ impl Space {
         for (name, uuid) in &vms {
             match failed.iter().find(|(u, _)| u == uuid) {
                 None => {
-                    if let Ok(mut guard) = self.destroyed_vms.lock() {
-                        guard.insert(uuid.clone());
-                    }
+                    done.insert(uuid.clone());
                     self.emit(
                         Level::Warn,
                         "vm-destroyed",
@@ -753,6 +756,10 @@ impl Space {
         if let Ok(mut guard) = self.destroyed_vms.lock() {
             guard.clear();
         }
+        // Nothing of the earlier generation runs any more: the first
+        // renewal says so, so its leases can be taken at once.
+        self.floor_pending
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn renewal_thread(self: Arc<Self>, takeover: Option<Takeover>) {
@@ -767,6 +774,9 @@ impl Space {
             let Some((disk, space, lease)) = self.join_loop(takeover.take()) else {
                 return;
             };
+            raise_floor |= self
+                .floor_pending
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
             let timeouts = lease.timeouts();
             {
                 let mut state = self.lock();
@@ -1242,7 +1252,7 @@ impl Space {
                         .pending_release
                         .push((resource.to_string(), owner));
                 }
-                Err(self.describe_busy(disk, space, &error))
+                Err(self.describe_busy(disk, space, resource, &error))
             }
         }
     }
@@ -1252,13 +1262,11 @@ impl Space {
         &self,
         disk: &dyn lease::disk::Disk,
         space: &Lockspace,
+        resource: &str,
         error: &LeaseError,
     ) -> JobError {
         let mut job_error = JobError::from_lease(error);
-        if let LeaseError::HeldByOther {
-            owner, resource, ..
-        } = error
-        {
+        if let LeaseError::HeldByOther { owner, .. } = error {
             let name = run(delta::joined_owner(space, owner.host_id), disk, &clock())
                 .map(|r| r.host_name)
                 .unwrap_or_default();

@@ -29,8 +29,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the registry is scanned for VMs that wait for a host.
+/// How often the VM manager looks whether a registry scan is due; a scan
+/// runs this often while something moves (a host changed state, a VM
+/// waits for a host, a request came in the last few seconds).
 const TICK_MS: u64 = 250;
+/// How long after a request scans stay frequent.
+const BUSY_AFTER_REQUEST_MS: u64 = 5_000;
 /// A cached record is read again after this long even if its leader did
 /// not change (its holder may have rewritten it).
 const RECORD_REFRESH_MS: u64 = 5_000;
@@ -95,6 +99,13 @@ pub struct VmManager {
     waiting_since: BTreeMap<(String, u64, u32), u64>,
     /// Whether libvirt failed at the last attempt (one event per outage).
     hypervisor_down: bool,
+    /// VMs started here whose lease was lost meanwhile (name, UUID): they
+    /// are destroyed, retried every round until libvirt manages it.
+    stray: Vec<(String, String)>,
+    /// When the last registry scan ran, and the host states it saw.
+    last_scan_ms: u64,
+    last_fingerprint: Vec<(u32, &'static str, u64)>,
+    busy_until_ms: u64,
 }
 
 /// Start the VM manager's thread; the returned sender takes its requests.
@@ -108,6 +119,10 @@ pub fn start(context: Arc<Context>, space: Arc<Space>) -> std::io::Result<mpsc::
         cache: BTreeMap::new(),
         waiting_since: BTreeMap::new(),
         hypervisor_down: false,
+        stray: Vec::new(),
+        last_scan_ms: 0,
+        last_fingerprint: Vec::new(),
+        busy_until_ms: 0,
     };
     std::thread::Builder::new()
         .name("vm-manager".to_string())
@@ -144,14 +159,38 @@ impl VmManager {
                 Ok((request, reply)) => {
                     let answer = self.handle(request);
                     let _ = reply.send(answer);
+                    self.busy_until_ms = now_ms() + BUSY_AFTER_REQUEST_MS;
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            self.tick();
+            let fingerprint = self.host_fingerprint();
+            let now = now_ms();
+            // Quiet: every renewal interval (at least 1 s), which bounds
+            // how long a VM handed to this host from another waits.
+            let idle_ms = (2 * u64::from(self.space.config.io_timeout_ms)).max(1_000);
+            let due = now >= self.last_scan_ms.saturating_add(idle_ms)
+                || now < self.busy_until_ms
+                || !self.waiting_since.is_empty()
+                || !self.stray.is_empty()
+                || fingerprint != self.last_fingerprint;
+            if due {
+                self.tick();
+                self.last_scan_ms = now;
+                self.last_fingerprint = fingerprint;
+            }
             next_tick_ms = now_ms() + TICK_MS;
         }
+    }
+
+    /// Every host's state as seen now (memory only, no I/O).
+    fn host_fingerprint(&self) -> Vec<(u32, &'static str, u64)> {
+        let (records, _) = self.space.host_records();
+        records
+            .into_iter()
+            .map(|(h, state, record)| (h.get(), state, record.map_or(0, |r| r.generation)))
+            .collect()
     }
 
     fn emit(&self, level: Level, kind: &str, message: impl Into<String>) {
@@ -363,7 +402,30 @@ impl VmManager {
 
     // ---- the periodic round -------------------------------------------------------
 
+    /// Destroy the VMs that run here without a lease.
+    fn destroy_strays(&mut self) {
+        let strays = std::mem::take(&mut self.stray);
+        for (name, uuid) in strays {
+            let destroyed = self.hypervisor().and_then(|h| {
+                h.destroy(&uuid)
+                    .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
+            });
+            if let Err(Refusal(_, e)) = destroyed {
+                self.hypervisor = None;
+                self.emit(
+                    Level::Error,
+                    "vm-destroy-failed",
+                    format!("{name} ({uuid}) runs here without its lease and cannot be destroyed: {e}; retrying"),
+                );
+                self.stray.push((name, uuid));
+            }
+        }
+    }
+
     fn tick(&mut self) {
+        if !self.stray.is_empty() {
+            self.destroy_strays();
+        }
         if self.space.owner().is_none() {
             return;
         }
@@ -469,9 +531,8 @@ impl VmManager {
         if started.is_ok()
             && (self.space.owner().is_none() || !self.space.held_vms().contains_key(&record.name))
         {
-            if let Ok(h) = self.hypervisor() {
-                let _ = h.destroy(&record.uuid);
-            }
+            self.stray.push((record.name.clone(), record.uuid.clone()));
+            self.destroy_strays();
             self.emit(
                 Level::Warn,
                 "vm-destroyed",
@@ -512,6 +573,8 @@ impl VmManager {
             Err(Refusal(_, message)) => {
                 self.hypervisor = None;
                 record.failed_restarts = record.failed_restarts.saturating_add(1);
+                // The next attempt goes to the next host in the order.
+                record.preferred_host = None;
                 let limit = self.context.config.failover.restart_attempts;
                 self.emit(
                     Level::Error,

@@ -31,24 +31,52 @@ pub fn watchdog_emu_bin() -> PathBuf {
 }
 
 /// Build one binary of the workspace in the test's own profile.
+/// The libvirt lock-manager plugin (a cdylib), built on first use.
+pub fn lockdriver_so() -> PathBuf {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| build_artifact("leasehold-lockdriver", None, "libleasehold_lockdriver.so"))
+        .clone()
+}
+
+/// The helper that plays libvirt's side of the lock plugin in tests.
+pub fn lockdriver_client_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("leasehold-tests", "lockdriver_client"))
+        .clone()
+}
+
 fn build_bin(package: &str, name: &str) -> PathBuf {
+    build_artifact(package, Some(name), name)
+}
+
+/// `cargo build -p package [--bin bin]` in this test's profile; the path
+/// of `file` in the profile directory.
+fn build_artifact(package: &str, bin: Option<&str>, file: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target profile dir");
-    let bin = profile_dir.join(name);
+    let name = file;
+    let bin_path = profile_dir.join(file);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", package, "--bin", name]);
+    build.args(["build", "--quiet", "-p", package]);
+    if let Some(bin) = bin {
+        build.args(["--bin", bin]);
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
     let status = build.status().expect("run cargo build");
     assert!(status.success(), "building {name} failed");
-    assert!(bin.exists(), "{} missing after build", bin.display());
-    bin
+    assert!(
+        bin_path.exists(),
+        "{} missing after build",
+        bin_path.display()
+    );
+    bin_path
 }
 
 /// Run `leasehold` with `args`; returns the whole output.

@@ -204,7 +204,13 @@ pub fn print_result(args: &DaemonArgs, value: &serde_json::Value, text: String) 
 pub fn client(command: &ClientCommand) -> Result<()> {
     match command {
         ClientCommand::Register(a) => {
-            let v = call(&a.daemon, &Request::Register { pid: a.pid })?;
+            let v = call(
+                &a.daemon,
+                &Request::Register {
+                    pid: a.pid,
+                    bind: false,
+                },
+            )?;
             print_result(&a.daemon, &v, format!("registered pid {}", a.pid))
         }
         ClientCommand::Unregister(a) => {
@@ -339,7 +345,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let pid = i32::try_from(std::process::id()).context("pid out of range")?;
     let path = socket_path(&args.daemon)?;
     let mut client = Client::connect(&path, Some(Duration::from_secs(600)))?;
-    into_result(client.call(&Request::Register { pid })?)?;
+    into_result(client.call(&Request::Register { pid, bind: false })?)?;
     for resource in &args.resources {
         into_result(client.call(&Request::Acquire {
             lockspace: args.lockspace.clone(),
