@@ -57,7 +57,7 @@ fn percentile(values: &[i64], p: f64) -> i64 {
 }
 
 fn one_run(round: usize, spec: &ClusterSpec) -> Option<Run> {
-    let mut c = Cluster::start(&format!("bench-failover-{round}"), spec.clone());
+    let mut c = Cluster::start(&format!("bf{round}"), spec.clone());
     for (i, (name, priority)) in VMS.iter().enumerate() {
         let index = u32::try_from(i).ok()?;
         let memory = if matches!(spec.hypervisor, Hypervisor::Qemu) {
