@@ -199,6 +199,10 @@ impl Domain {
             )));
         }
         let mut client = Self::client(config)?;
+        // Normally QEMU registered itself in libvirt's child already; this
+        // covers a libvirtd that reconnects to a running VM. An unprivileged
+        // libvirtd may not register a QEMU that is not its descendant: then
+        // the acquire itself says whether the registration is missing.
         let reply = Self::call(
             &mut client,
             &Request::Register {
@@ -206,7 +210,11 @@ impl Domain {
                 bind: false,
             },
         )?;
-        if !reply.ok {
+        let refused = reply
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == ErrorKind::PermissionDenied);
+        if !reply.ok && !refused {
             return Err(Failure::internal(reply_message(&reply)));
         }
         let previous = state.map(parse_state).unwrap_or_default();

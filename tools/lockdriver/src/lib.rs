@@ -60,7 +60,16 @@ fn report(failure: &Failure, function: &str) {
     } else {
         abi::ERR_INTERNAL_ERROR
     };
-    let message = CString::new(failure.message.replace('\0', " ")).unwrap_or_default();
+    // libvirt puts "resource busy: " before a busy error itself.
+    let text = if failure.busy {
+        failure
+            .message
+            .strip_prefix("resource busy: ")
+            .unwrap_or(&failure.message)
+    } else {
+        &failure.message
+    };
+    let message = CString::new(text.replace('\0', " ")).unwrap_or_default();
     // SAFETY: dlsym with a NUL-terminated name; RTLD_DEFAULT searches the
     // process, which is libvirtd when libvirt loaded us.
     let helper = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"virReportErrorHelper".as_ptr()) };
