@@ -120,7 +120,7 @@ pub fn fencing_thread(space: Arc<Space>) {
     // Victims (id, generation) fenced by us or found needing no fence:
     // left alone until the monitor stops calling them silent.
     let mut settled: std::collections::BTreeSet<(u32, u64)> = std::collections::BTreeSet::new();
-    // While another host holds the fence lease, look again every T.
+    // While another host holds the fence lease, look again every two ticks.
     let mut watching: BTreeMap<u32, u64> = BTreeMap::new();
     // Only state is read between fences: looking often costs nothing and
     // starts a fence within a fraction of a second of the silent verdict.
@@ -239,10 +239,7 @@ pub fn fencing_thread(space: Arc<Space>) {
             let leader = match elect(disk.as_ref(), ls, owner, victim, generation, dead.clone()) {
                 Ok(Election::Won(leader)) => leader,
                 Ok(Election::Lost { fencer }) => {
-                    watching.insert(
-                        raw,
-                        SystemClock.now_ms() + u64::from(space.config.io_timeout_ms),
-                    );
+                    watching.insert(raw, SystemClock.now_ms() + 2 * interval_ms);
                     announce(
                         "lost",
                         Level::Info,
@@ -256,6 +253,11 @@ pub fn fencing_thread(space: Arc<Space>) {
                 }
                 Ok(Election::Moot(reason)) => {
                     settled.insert((raw, generation));
+                    // Fenced by another host (or gone): our VM manager may
+                    // restart its VMs before our monitor sees the mark.
+                    space
+                        .fenced_one
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     announce(
                         "moot",
                         Level::Info,
@@ -292,6 +294,9 @@ pub fn fencing_thread(space: Arc<Space>) {
                     match run(delta::mark_fenced(ls, mark), disk.as_ref(), &SystemClock) {
                         Ok(_) => {
                             settled.insert((raw, generation));
+                            space
+                                .fenced_one
+                                .store(true, std::sync::atomic::Ordering::SeqCst);
                             space.emit(
                                 Level::Warn,
                                 "fenced",

@@ -206,6 +206,9 @@ pub struct Space {
     last_attempt_ms: std::sync::atomic::AtomicU64,
     /// Set while the lockspace is being removed: acquires are refused.
     pub closing: std::sync::atomic::AtomicBool,
+    /// Set by the fencing thread when it wrote a FENCED mark: the VM
+    /// manager scans at once (the fenced host's VMs can be restarted).
+    pub fenced_one: std::sync::atomic::AtomicBool,
     /// The device handle that writes our host sector, kept across join
     /// attempts, rejoins and the final leave: the io_uring engine refuses
     /// a write that an earlier timed-out write of the same handle could
@@ -251,6 +254,7 @@ impl Space {
             threads: Mutex::new(Vec::new()),
             last_attempt_ms: std::sync::atomic::AtomicU64::new(clock().now_ms()),
             closing: std::sync::atomic::AtomicBool::new(false),
+            fenced_one: std::sync::atomic::AtomicBool::new(false),
             host_disk: Mutex::new(None),
             destroyed_vms: Mutex::new(std::collections::BTreeSet::new()),
             floor_pending: std::sync::atomic::AtomicBool::new(false),

@@ -174,7 +174,13 @@ impl VmManager {
                 || now < self.busy_until_ms
                 || !self.waiting_since.is_empty()
                 || !self.stray.is_empty()
-                || fingerprint != self.last_fingerprint;
+                || fingerprint != self.last_fingerprint
+                // This host just fenced one: its VMs wait from now on,
+                // before our monitor sees the mark at its next renewal.
+                || self
+                    .space
+                    .fenced_one
+                    .swap(false, std::sync::atomic::Ordering::SeqCst);
             if due {
                 self.tick();
                 self.last_scan_ms = now;
