@@ -180,7 +180,8 @@ impl VmManager {
                 || self
                     .space
                     .fenced_one
-                    .swap(false, std::sync::atomic::Ordering::SeqCst);
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                || (!self.cache.is_empty() && self.unseen_fence());
             if due {
                 self.tick();
                 self.last_scan_ms = now;
@@ -188,6 +189,36 @@ impl VmManager {
             }
             next_tick_ms = now_ms() + TICK_MS;
         }
+    }
+
+    /// Is a host marked FENCED on the device that our monitor does not
+    /// show fenced yet (another survivor fenced it before our own silence
+    /// window ended)? One read of the host area.
+    fn unseen_fence(&mut self) -> bool {
+        let Ok((disk, space)) = self.device() else {
+            return false;
+        };
+        let Ok(size) = usize::try_from(space.geometry.host_area_size_bytes()) else {
+            return false;
+        };
+        let mut area = vec![0u8; size];
+        if disk
+            .read(space.geometry.host_area_offset_bytes(), &mut area)
+            .is_err()
+        {
+            self.device = None;
+            return false;
+        }
+        let (records, _) = self.space.host_records();
+        space
+            .decode_host_area(&area)
+            .into_iter()
+            .any(|(host_id, record)| match record {
+                Ok(r) if r.flags.fenced && r.fenced_generation >= r.generation => records
+                    .iter()
+                    .any(|(id, state, _)| *id == host_id && *state != "fenced"),
+                _ => false,
+            })
     }
 
     /// Every host's state as seen now (memory only, no I/O).
