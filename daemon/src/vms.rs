@@ -301,8 +301,8 @@ impl VmManager {
     }
 
     /// The hosts as seen now: the monitor's records, with fresh reads of
-    /// the holders of `entries` that are not live (their FENCED mark or
-    /// floor may be minutes newer than our last renewal scan).
+    /// the hosts holding VM leases (a FENCED mark or floor may be newer
+    /// than our last renewal scan).
     fn hosts(&mut self, entries: &[VmEntry]) -> Hosts {
         let (records, dead) = self.space.host_records();
         let own = self.space.config.host_id;
@@ -313,15 +313,13 @@ impl VmManager {
             live: BTreeSet::new(),
         };
         let mut fresh: BTreeMap<u32, lease::format::HostRecord> = BTreeMap::new();
-        let not_live: BTreeSet<u32> = records
-            .iter()
-            .filter(|(h, state, _)| *h != own && *state != "live")
-            .map(|(h, _, _)| h.get())
-            .collect();
+        // Every holder's record is read fresh, whatever our monitor says:
+        // another survivor may have fenced a host our monitor still calls
+        // live (our silence window ends up to 2T after theirs).
         let holders: BTreeSet<u32> = entries
             .iter()
             .filter_map(|e| e.holder.map(|o| o.host_id.get()))
-            .filter(|h| not_live.contains(h))
+            .filter(|h| *h != own.get())
             .collect();
         if let Ok((disk, space)) = self.device() {
             for host_id in holders {
