@@ -115,6 +115,37 @@ impl Context {
         }
     }
 
+    /// Destroy the libvirt domains `uuids` at once (a self-fence, or VMs
+    /// no lease protects any more); returns those not destroyed, with why.
+    pub fn destroy_domains(&self, uuids: &[String]) -> Vec<(String, String)> {
+        #[cfg(feature = "libvirt")]
+        {
+            let hypervisor = match crate::hypervisor::Hypervisor::open(&self.config.libvirt_uri) {
+                Ok(h) => h,
+                Err(e) => return uuids.iter().map(|u| (u.clone(), e.to_string())).collect(),
+            };
+            uuids
+                .iter()
+                .filter_map(|uuid| {
+                    hypervisor
+                        .destroy(uuid)
+                        .err()
+                        .map(|e| (uuid.clone(), e.to_string()))
+                })
+                .collect()
+        }
+        #[cfg(not(feature = "libvirt"))]
+        uuids
+            .iter()
+            .map(|u| {
+                (
+                    u.clone(),
+                    "this daemon was built without libvirt".to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// Write the state file from the current state.
     pub fn persist(&self) {
         let _guard = match self.persist_lock.lock() {

@@ -120,13 +120,7 @@ fn kill_orphans(context: &Context, lockspace: &str, takeover: &Takeover) {
     if vms.is_empty() {
         return;
     }
-    #[cfg(feature = "libvirt")]
-    let failed = crate::vms::destroy_all(&context.config.libvirt_uri, &vms);
-    #[cfg(not(feature = "libvirt"))]
-    let failed: Vec<(String, String)> = vms
-        .iter()
-        .map(|u| (u.clone(), "built without libvirt".to_string()))
-        .collect();
+    let failed = context.destroy_domains(&vms);
     for (uuid, e) in failed {
         context.events.emit(
             Level::Error,

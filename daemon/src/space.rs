@@ -517,18 +517,7 @@ impl Space {
             return true;
         }
         let uuids: Vec<String> = vms.values().cloned().collect();
-        #[cfg(feature = "libvirt")]
-        let failed = crate::vms::destroy_all(&self.context.config.libvirt_uri, &uuids);
-        #[cfg(not(feature = "libvirt"))]
-        let failed: Vec<(String, String)> = uuids
-            .iter()
-            .map(|u| {
-                (
-                    u.clone(),
-                    "this daemon was built without libvirt".to_string(),
-                )
-            })
-            .collect();
+        let failed = self.context.destroy_domains(&uuids);
         for (name, uuid) in &vms {
             match failed.iter().find(|(u, _)| u == uuid) {
                 None => {

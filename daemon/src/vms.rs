@@ -21,9 +21,10 @@ use crate::protocol::{ErrorKind, Reply, Request, VmActionReply, VmListReply, VmS
 use crate::registry::{self, DesiredState, RestartPolicy, VmEntry, VmRecord};
 use crate::space::{HeldBy, Job, JobError, Space};
 use lease::clock::{Clock, SystemClock};
+use lease::format::HostRecord;
 use lease::op::run;
 use lease::open::BoxedDisk;
-use lease::{payload, HostId, LeaseError, Lockspace, Owner};
+use lease::{payload, LeaseError, Lockspace, Owner};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -49,6 +50,12 @@ struct Refusal(ErrorKind, String);
 impl From<JobError> for Refusal {
     fn from(e: JobError) -> Refusal {
         Refusal(e.kind, e.message)
+    }
+}
+
+impl From<crate::hypervisor::HypervisorError> for Refusal {
+    fn from(e: crate::hypervisor::HypervisorError) -> Refusal {
+        Refusal(ErrorKind::Internal, e.to_string())
     }
 }
 
@@ -130,24 +137,6 @@ pub fn start(context: Arc<Context>, space: Arc<Space>) -> std::io::Result<mpsc::
     Ok(sender)
 }
 
-/// Destroy the domains `uuids` at once (a self-fence): returns those that
-/// could not be destroyed, with why.
-pub fn destroy_all(uri: &str, uuids: &[String]) -> Vec<(String, String)> {
-    let hypervisor = match Hypervisor::open(uri) {
-        Ok(h) => h,
-        Err(e) => return uuids.iter().map(|u| (u.clone(), e.to_string())).collect(),
-    };
-    uuids
-        .iter()
-        .filter_map(|uuid| {
-            hypervisor
-                .destroy(uuid)
-                .err()
-                .map(|e| (uuid.clone(), e.to_string()))
-        })
-        .collect()
-}
-
 impl VmManager {
     fn run(&mut self, jobs: &mpsc::Receiver<VmJob>) {
         let span = tracing::info_span!("vms", host = self.space.config.host_id.get());
@@ -166,6 +155,13 @@ impl VmManager {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             let fingerprint = self.host_fingerprint();
+            // With HA VMs registered, the host area is read every round
+            // (one I/O), for `unseen_fence` and then the round itself.
+            let area = if self.cache.is_empty() {
+                None
+            } else {
+                self.read_host_area()
+            };
             let now = now_ms();
             // Quiet: every renewal interval (at least 1 s), which bounds
             // how long a VM handed to this host from another waits.
@@ -181,9 +177,9 @@ impl VmManager {
                     .space
                     .fenced_one
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
-                || (!self.cache.is_empty() && self.unseen_fence());
+                || area.as_ref().is_some_and(|a| self.unseen_fence(a));
             if due {
-                self.tick();
+                self.tick(area);
                 self.last_scan_ms = now;
                 self.last_fingerprint = fingerprint;
             }
@@ -191,34 +187,40 @@ impl VmManager {
         }
     }
 
-    /// Is a host marked FENCED on the device that our monitor does not
-    /// show fenced yet (another survivor fenced it before our own silence
-    /// window ended)? One read of the host area.
-    fn unseen_fence(&mut self) -> bool {
-        let Ok((disk, space)) = self.device() else {
-            return false;
-        };
-        let Ok(size) = usize::try_from(space.geometry.host_area_size_bytes()) else {
-            return false;
-        };
+    /// Every host's record as it is on the device now: one read of the
+    /// host area (None when it fails).
+    fn read_host_area(&mut self) -> Option<BTreeMap<u32, HostRecord>> {
+        let (disk, space) = self.device().ok()?;
+        let size = usize::try_from(space.geometry.host_area_size_bytes()).ok()?;
         let mut area = vec![0u8; size];
         if disk
             .read(space.geometry.host_area_offset_bytes(), &mut area)
             .is_err()
         {
             self.device = None;
-            return false;
+            return None;
         }
+        Some(
+            space
+                .decode_host_area(&area)
+                .into_iter()
+                .filter_map(|(host_id, record)| record.ok().map(|r| (host_id.get(), r)))
+                .collect(),
+        )
+    }
+
+    /// Is a host marked FENCED on the device that our monitor does not
+    /// show fenced yet (another survivor fenced it before our own silence
+    /// window ended)?
+    fn unseen_fence(&self, area: &BTreeMap<u32, HostRecord>) -> bool {
         let (records, _) = self.space.host_records();
-        space
-            .decode_host_area(&area)
-            .into_iter()
-            .any(|(host_id, record)| match record {
-                Ok(r) if r.flags.fenced && r.fenced_generation >= r.generation => records
+        area.iter().any(|(host_id, r)| {
+            r.flags.fenced
+                && r.fenced_generation >= r.generation
+                && records
                     .iter()
-                    .any(|(id, state, _)| *id == host_id && *state != "fenced"),
-                _ => false,
-            })
+                    .any(|(id, state, _)| id.get() == *host_id && *state != "fenced")
+        })
     }
 
     /// Every host's state as seen now (memory only, no I/O).
@@ -303,7 +305,7 @@ impl VmManager {
     /// The hosts as seen now: the monitor's records, with fresh reads of
     /// the hosts holding VM leases (a FENCED mark or floor may be newer
     /// than our last renewal scan).
-    fn hosts(&mut self, entries: &[VmEntry]) -> Hosts {
+    fn hosts(&mut self, entries: &[VmEntry], area: Option<BTreeMap<u32, HostRecord>>) -> Hosts {
         let (records, dead) = self.space.host_records();
         let own = self.space.config.host_id;
         let mut hosts = Hosts {
@@ -312,7 +314,6 @@ impl VmManager {
             over: BTreeSet::new(),
             live: BTreeSet::new(),
         };
-        let mut fresh: BTreeMap<u32, lease::format::HostRecord> = BTreeMap::new();
         // Every holder's record is read fresh, whatever our monitor says:
         // another survivor may have fenced a host our monitor still calls
         // live (our silence window ends up to 2T after theirs).
@@ -321,15 +322,12 @@ impl VmManager {
             .filter_map(|e| e.holder.map(|o| o.host_id.get()))
             .filter(|h| *h != own.get())
             .collect();
-        if let Ok((disk, space)) = self.device() {
-            for host_id in holders {
-                if let Some(id) = HostId::new(host_id) {
-                    if let Ok(record) = run(space.read_host_op(id), disk, &SystemClock) {
-                        fresh.insert(host_id, record);
-                    }
-                }
-            }
-        }
+        let mut fresh: BTreeMap<u32, HostRecord> = if holders.is_empty() {
+            BTreeMap::new()
+        } else {
+            area.or_else(|| self.read_host_area()).unwrap_or_default()
+        };
+        fresh.retain(|host_id, _| holders.contains(host_id));
         for (host_id, state, record) in records {
             let record = fresh.remove(&host_id.get()).or(record);
             let Some(record) = record else {
@@ -371,13 +369,13 @@ impl VmManager {
 
     // ---- leases through the worker ----------------------------------------------
 
-    fn acquire(&self, name: &str, uuid: &str) -> Outcome<()> {
+    /// Run a job on the lockspace's worker and wait for its outcome.
+    fn worker<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, JobError>>) -> Job,
+    ) -> Outcome<()> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.space.submit(Job::Acquire {
-            resource: name.to_string(),
-            by: HeldBy::Vm(uuid.to_string()),
-            reply,
-        })?;
+        self.space.submit(make(reply))?;
         match answer.blocking_recv() {
             Ok(result) => result.map(|_| ()).map_err(Refusal::from),
             Err(_) => Err(Refusal(
@@ -387,21 +385,21 @@ impl VmManager {
         }
     }
 
+    fn acquire(&self, name: &str, uuid: &str) -> Outcome<()> {
+        self.worker(|reply| Job::Acquire {
+            resource: name.to_string(),
+            by: HeldBy::Vm(uuid.to_string()),
+            reply,
+        })
+    }
+
     fn release(&self, name: &str, uuid: &str, forget: bool) -> Outcome<()> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.space.submit(Job::Release {
+        self.worker(|reply| Job::Release {
             resource: name.to_string(),
             by: HeldBy::Vm(uuid.to_string()),
             forget,
             reply,
-        })?;
-        match answer.blocking_recv() {
-            Ok(result) => result.map(|_| ()).map_err(Refusal::from),
-            Err(_) => Err(Refusal(
-                ErrorKind::Internal,
-                "the lockspace worker stopped".to_string(),
-            )),
-        }
+        })
     }
 
     /// Write `record` to its slot (we hold the lease).
@@ -441,10 +439,9 @@ impl VmManager {
     fn destroy_strays(&mut self) {
         let strays = std::mem::take(&mut self.stray);
         for (name, uuid) in strays {
-            let destroyed = self.hypervisor().and_then(|h| {
-                h.destroy(&uuid)
-                    .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
-            });
+            let destroyed = self
+                .hypervisor()
+                .and_then(|h| h.destroy(&uuid).map_err(Refusal::from));
             if let Err(Refusal(_, e)) = destroyed {
                 self.hypervisor = None;
                 self.emit(
@@ -457,7 +454,8 @@ impl VmManager {
         }
     }
 
-    fn tick(&mut self) {
+    /// A round; `area` is the host area if this round read it already.
+    fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>) {
         if !self.stray.is_empty() {
             self.destroy_strays();
         }
@@ -471,7 +469,7 @@ impl VmManager {
                 return;
             }
         };
-        let hosts = self.hosts(&entries);
+        let hosts = self.hosts(&entries, area);
         self.publish_headroom(&entries, &hosts);
         self.keep_own_running(&entries);
         self.restart_waiting(&entries, &hosts);
@@ -529,10 +527,10 @@ impl VmManager {
             if record.desired != DesiredState::Running {
                 continue;
             }
-            let running = match self.hypervisor().and_then(|h| {
-                h.is_running(&uuid)
-                    .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
-            }) {
+            let running = match self
+                .hypervisor()
+                .and_then(|h| h.is_running(&uuid).map_err(Refusal::from))
+            {
                 Ok(running) => running,
                 Err(_) => {
                     self.hypervisor = None;
@@ -558,7 +556,7 @@ impl VmManager {
     fn start_held(&mut self, slot: u32, mut record: VmRecord, why: &str) -> bool {
         let started = self.hypervisor().and_then(|h| {
             h.start(&record.uuid, &record.domain_xml)
-                .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
+                .map_err(Refusal::from)
         });
         // A self-fence sets its phase before it destroys the VMs it knows:
         // either it destroyed this one after our start, or we see the lease
@@ -806,7 +804,7 @@ impl VmManager {
         self.joined()?;
         self.cache.clear();
         let entries = self.scan()?;
-        let hosts = self.hosts(&entries);
+        let hosts = self.hosts(&entries, None);
         Ok((entries, hosts))
     }
 
@@ -957,7 +955,7 @@ impl VmManager {
         if let Some(restart) = restart {
             record.restart = restart;
         }
-        let capacity = payload::capacity_bytes(&self.space.open()?.1.geometry);
+        let capacity = payload::capacity_bytes(&self.device()?.1.geometry);
         if record.encode().len() > usize::try_from(capacity).unwrap_or(usize::MAX) {
             return Err(Refusal(
                 ErrorKind::BadRequest,
@@ -1143,10 +1141,9 @@ impl VmManager {
     /// so nobody restarts it meanwhile, then give the lease up.
     fn stop_here(&mut self, slot: u32, record: &VmRecord, forget: bool) -> Outcome<()> {
         self.write_record(slot, record)?;
-        let destroyed = self.hypervisor().and_then(|h| {
-            h.destroy(&record.uuid)
-                .map_err(|e| Refusal(ErrorKind::Internal, e.to_string()))
-        });
+        let destroyed = self
+            .hypervisor()
+            .and_then(|h| h.destroy(&record.uuid).map_err(Refusal::from));
         if let Err(Refusal(kind, e)) = destroyed {
             // Still running, or unknown: the lease stays held.
             self.hypervisor = None;
