@@ -32,10 +32,18 @@ fn conf(dir: &Path, host: &Host) -> String {
 
 /// libvirt's forked child: registers itself, then "becomes QEMU" (sleep).
 fn child(conf: &str) -> (Child, i32) {
+    child_running(conf, &["sleep", "100000"])
+}
+
+/// libvirt's forked child, which then execs `qemu` (its stdin piped);
+/// returns it and the descriptor of its bound daemon connection.
+fn child_running(conf: &str, qemu: &[&str]) -> (Child, i32) {
     let mut child = Command::new(lockdriver_client_bin())
         .arg("child")
         .arg(lockdriver_so())
-        .args([conf, "vm1", "test", "sleep", "100000"])
+        .args([conf, "vm1", "test"])
+        .args(qemu)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
@@ -83,6 +91,22 @@ fn libvirt(conf: &str, pid: u32, steps: &[&str]) -> Vec<(String, i32, String, St
         .collect()
 }
 
+/// `count` daemons (host1, host2, ...) on one fresh loop device, joined.
+fn daemons(label: &str, count: u32) -> (Scratch, LoopDevice, Vec<Host>) {
+    let scratch = Scratch::new(label);
+    let backing = scratch.file("lease.img");
+    sparse_file(&backing, 8 << 20);
+    let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    format_test_device(&device.path);
+    let hosts: Vec<Host> = (1..=count)
+        .map(|id| Host::start(&scratch.path, HostSpec::new(id, &device.path, T_MS)))
+        .collect();
+    for h in &hosts {
+        h.wait_joined();
+    }
+    (scratch, device, hosts)
+}
+
 #[test]
 fn the_plugin_exports_the_driver_libvirt_expects() {
     let out = Command::new(lockdriver_client_bin())
@@ -98,22 +122,14 @@ fn the_plugin_exports_the_driver_libvirt_expects() {
 
 #[test]
 fn libvirts_call_sequence_holds_the_lease_for_qemu_and_refuses_a_second_host() {
-    let scratch = Scratch::new("lockdriver");
-    let backing = scratch.file("lease.img");
-    sparse_file(&backing, 8 << 20);
-    let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
-    format_test_device(&device.path);
-    let a = Host::start(&scratch.path, HostSpec::new(1, &device.path, T_MS));
-    let b = Host::start(&scratch.path, HostSpec::new(2, &device.path, T_MS));
-    for h in [&a, &b] {
-        h.wait_joined();
-    }
+    let (scratch, _device, hosts) = daemons("lockdriver", 2);
+    let (a, b) = (&hosts[0], &hosts[1]);
     wait_long(Duration::from_secs(20), || {
         b.host_state(1).filter(|s| s.state == "live")
     })
     .expect("host 1 live");
-    let conf_a = conf(&scratch.path, &a);
-    let conf_b = conf(&scratch.path, &b);
+    let conf_a = conf(&scratch.path, a);
+    let conf_b = conf(&scratch.path, b);
 
     // Host A: the child registers and keeps the daemon socket across exec.
     let (mut qemu_a, fd) = child(&conf_a);
@@ -191,36 +207,18 @@ fn libvirts_call_sequence_holds_the_lease_for_qemu_and_refuses_a_second_host() {
 
 #[test]
 fn closing_the_bound_socket_kills_a_holder_that_still_runs() {
-    let scratch = Scratch::new("lockdriver-eof");
-    let backing = scratch.file("lease.img");
-    sparse_file(&backing, 8 << 20);
-    let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
-    format_test_device(&device.path);
-    let a = Host::start(&scratch.path, HostSpec::new(1, &device.path, T_MS));
-    a.wait_joined();
-    let conf_a = conf(&scratch.path, &a);
+    let (scratch, _device, hosts) = daemons("lockdriver-eof", 1);
+    let a = &hosts[0];
+    let conf_a = conf(&scratch.path, a);
     // The "QEMU" closes the inherited socket itself (bash closes fd N).
-    let (mut qemu, fd) = {
-        let mut child = Command::new(lockdriver_client_bin())
-            .arg("child")
-            .arg(lockdriver_so())
-            .args([conf_a.as_str(), "vm1", "test", "bash", "-c"])
-            .arg("read -r fd; eval \"exec $fd>&-\"; sleep 100000")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
-        let fd: i32 = line
-            .trim()
-            .rsplit('=')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("fd");
-        (child, fd)
-    };
+    let (mut qemu, fd) = child_running(
+        &conf_a,
+        &[
+            "bash",
+            "-c",
+            "read -r fd; eval \"exec $fd>&-\"; sleep 100000",
+        ],
+    );
     let steps = libvirt(&conf_a, qemu.id(), &["acquire"]);
     assert_eq!(steps[0].1, 0, "{steps:?}");
     {

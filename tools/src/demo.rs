@@ -482,6 +482,28 @@ impl EventTail {
         found.sort_by(|a, b| a.1.time.cmp(&b.1.time));
         found
     }
+
+    /// Print the new events worth showing, timed from `off_of_day_ms`;
+    /// `last_start_ms` follows the latest `vm-started`.
+    fn show(&mut self, off_of_day_ms: u64, last_start_ms: &mut Option<i64>) {
+        for (host, event) in self.poll() {
+            if !SHOWN.contains(&event.kind.as_str()) {
+                continue;
+            }
+            let at = time_of_day_ms(&event.time)
+                .map(|t| day_delta_ms(off_of_day_ms, t))
+                .unwrap_or(0);
+            if event.kind == "vm-started" {
+                *last_start_ms = Some(last_start_ms.map_or(at, |l| l.max(at)));
+            }
+            println!(
+                "  +{:>6.3} s  {host:<5} {:<14} {}",
+                at as f64 / 1000.0,
+                event.kind,
+                event.message
+            );
+        }
+    }
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -531,23 +553,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let timeout = Duration::from_millis(u64::from(io_timeout_ms) * 40 + 60_000);
     let mut last_start_ms: Option<i64> = None;
     let placed = loop {
-        for (host, event) in tail.poll() {
-            if !SHOWN.contains(&event.kind.as_str()) {
-                continue;
-            }
-            let at = time_of_day_ms(&event.time)
-                .map(|t| day_delta_ms(off_of_day_ms, t))
-                .unwrap_or(0);
-            if event.kind == "vm-started" {
-                last_start_ms = Some(last_start_ms.map_or(at, |l| l.max(at)));
-            }
-            println!(
-                "  +{:>6.3} s  {host:<5} {:<14} {}",
-                at as f64 / 1000.0,
-                event.kind,
-                event.message
-            );
-        }
+        tail.show(off_of_day_ms, &mut last_start_ms);
         let list = vm_list(&demo.hosts[1].socket).ok();
         let done = list.as_ref().is_some_and(|l| {
             VMS.iter().all(|(name, _, _)| {
@@ -572,22 +578,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     };
     // Events written just before the list showed them.
     std::thread::sleep(Duration::from_millis(200));
-    for (host, event) in tail.poll() {
-        if SHOWN.contains(&event.kind.as_str()) {
-            let at = time_of_day_ms(&event.time)
-                .map(|t| day_delta_ms(off_of_day_ms, t))
-                .unwrap_or(0);
-            if event.kind == "vm-started" {
-                last_start_ms = Some(last_start_ms.map_or(at, |l| l.max(at)));
-            }
-            println!(
-                "  +{:>6.3} s  {host:<5} {:<14} {}",
-                at as f64 / 1000.0,
-                event.kind,
-                event.message
-            );
-        }
-    }
+    tail.show(off_of_day_ms, &mut last_start_ms);
     println!("\nafter the failover (vm list on hostB):");
     demo.print_vm_list(&demo.hosts[1].socket)?;
     let mut survivors: Vec<String> = placed

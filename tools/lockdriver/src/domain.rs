@@ -19,6 +19,25 @@ pub struct Lease {
     pub lockspace: Option<String>,
 }
 
+impl Lease {
+    fn release(&self, pid: i32) -> Request {
+        Request::Release {
+            lockspace: self.lockspace.clone(),
+            resource: self.key.clone(),
+            pid,
+        }
+    }
+
+    /// This lease's entry in a state string: `lockspace:key:lver`.
+    fn state_entry(&self, lver: u64) -> String {
+        format!(
+            "{}:{}:{lver}",
+            self.lockspace.as_deref().unwrap_or(""),
+            self.key
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Domain {
     pub uuid: String,
@@ -255,14 +274,7 @@ impl Domain {
             if let Some(failure) = failure {
                 // All or nothing.
                 for held in taken {
-                    let _ = Self::call(
-                        &mut client,
-                        &Request::Release {
-                            lockspace: held.lockspace.clone(),
-                            resource: held.key.clone(),
-                            pid: self.pid,
-                        },
-                    );
+                    let _ = Self::call(&mut client, &held.release(self.pid));
                 }
                 return Err(failure);
             }
@@ -279,14 +291,7 @@ impl Domain {
         let mut client = Self::client(config)?;
         let mut state = Vec::new();
         for lease in &self.leases {
-            let reply = Self::call(
-                &mut client,
-                &Request::Release {
-                    lockspace: lease.lockspace.clone(),
-                    resource: lease.key.clone(),
-                    pid: self.pid,
-                },
-            )?;
+            let reply = Self::call(&mut client, &lease.release(self.pid))?;
             if reply.ok {
                 let lver = reply
                     .result
@@ -294,11 +299,7 @@ impl Domain {
                     .and_then(|v| v.get("lver"))
                     .and_then(serde_json::Value::as_u64)
                     .unwrap_or(0);
-                state.push(format!(
-                    "{}:{}:{lver}",
-                    lease.lockspace.as_deref().unwrap_or(""),
-                    lease.key
-                ));
+                state.push(lease.state_entry(lver));
             } else if reply
                 .error
                 .as_ref()
@@ -332,12 +333,7 @@ impl Domain {
             let status: Option<InquireReply> =
                 reply.result.and_then(|v| serde_json::from_value(v).ok());
             if let Some(status) = status.filter(|s| s.held_here_by_pid == Some(self.pid)) {
-                state.push(format!(
-                    "{}:{}:{}",
-                    lease.lockspace.as_deref().unwrap_or(""),
-                    lease.key,
-                    status.lver
-                ));
+                state.push(lease.state_entry(status.lver));
             }
         }
         Ok(state.join(","))
