@@ -421,6 +421,7 @@ fn acquire(client: &mut Client, pid: i32, resource: &str) -> Reply {
             lockspace: None,
             resource: resource.to_string(),
             pid,
+            vm: None,
         })
         .expect("daemon answers acquire")
 }

@@ -125,6 +125,8 @@ fn main() {
         } else {
             Hypervisor::TestDriver { broken: Vec::new() }
         },
+        proxied: Vec::new(),
+        libvirt_call_timeout_ms: None,
     };
     println!(
         "failover: {runs} runs, 3 hosts, 3 VMs on the powered-off host, io_timeout {io_timeout_ms} ms, {}",

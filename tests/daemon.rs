@@ -260,6 +260,7 @@ fn bad_requests_get_errors_and_the_connection_and_daemon_survive() {
             lockspace: None,
             resource: "vm1".to_string(),
             pid: 1,
+            vm: None,
         })
         .expect("answer");
     assert_eq!(reply.error.map(|e| e.kind), Some(ErrorKind::NotFound));
@@ -275,6 +276,7 @@ fn bad_requests_get_errors_and_the_connection_and_daemon_survive() {
             lockspace: None,
             resource: "a-name-much-longer-than-forty-eight-bytes-is-refused-here".to_string(),
             pid: i32::try_from(std::process::id()).expect("pid"),
+            vm: None,
         })
         .expect("answer");
     assert!(!reply.ok);

@@ -5,9 +5,7 @@
 //! test says which; it is never skipped).
 
 use leasehold_daemon::placement::Priority;
-use leasehold_tests::cluster::{
-    domstate, qemu_processes, virt_type, vm, Cluster, ClusterSpec, Hypervisor,
-};
+use leasehold_tests::cluster::{domstate, qemu_processes, virt_type, vm, Cluster, ClusterSpec};
 use leasehold_tests::wait_long;
 use std::time::{Duration, Instant};
 
@@ -21,13 +19,7 @@ fn a_powered_off_hosts_qemu_guests_run_again_on_the_survivors() {
             "TCG (no /dev/kvm)"
         }
     );
-    let spec = ClusterSpec {
-        hosts: 3,
-        io_timeout_ms: 500,
-        memory_mib: 1024,
-        restart_grace_ms: 5000,
-        hypervisor: Hypervisor::Qemu,
-    };
+    let spec = ClusterSpec::qemu(3, 500, 1024);
     let mut c = Cluster::start("kvm", spec);
     let vms = [
         ("kvm-low", Priority::Low),

@@ -14,6 +14,9 @@ pub const DEFAULT_RUN_DIR: &str = "/run/leasehold";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/leasehold";
 pub const DEFAULT_EVENT_LOG: &str = "/var/lib/leasehold/events.jsonl";
 pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
+/// How long one libvirt call may take before the daemon stops waiting for
+/// it (a QEMU start with much memory to allocate can take a while).
+pub const DEFAULT_LIBVIRT_CALL_TIMEOUT_MS: u64 = 30_000;
 /// Share of hosts that may go silent within one expiry window before it is
 /// taken as a storage or network incident rather than host failures.
 pub const DEFAULT_STORAGE_INCIDENT_SHARE: f64 = 0.5;
@@ -95,6 +98,7 @@ struct FileWatchdog {
 #[serde(deny_unknown_fields)]
 struct FileLibvirt {
     uri: Option<String>,
+    call_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -251,6 +255,9 @@ pub struct Config {
     /// Watchdog device; None runs without one (fencing is then required).
     pub watchdog_device: Option<PathBuf>,
     pub libvirt_uri: String,
+    /// The longest the daemon waits for one libvirt call; past it the
+    /// call's outcome is unknown (see daemon/src/hypervisor.rs).
+    pub libvirt_call_timeout_ms: u64,
     pub run_dir: PathBuf,
     /// Survives reboots: the state file (holders to take over, and the boot
     /// they ran in).
@@ -458,6 +465,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some("e.g. \"qemu:///system\" or \"test:///default\""),
         ));
     }
+    let libvirt_call_timeout_ms = raw
+        .libvirt
+        .call_timeout_ms
+        .unwrap_or(DEFAULT_LIBVIRT_CALL_TIMEOUT_MS);
+    if !(500..=600_000).contains(&libvirt_call_timeout_ms) {
+        return Err(check.error(
+            "libvirt.call_timeout_ms",
+            format!("{libvirt_call_timeout_ms} is out of range"),
+            Some("500..=600000"),
+        ));
+    }
     let failover = Failover {
         host_failures_to_tolerate: raw
             .failover
@@ -631,6 +649,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         socket_group,
         watchdog_device,
         libvirt_uri,
+        libvirt_call_timeout_ms,
         run_dir,
         state_dir,
         event_log,

@@ -35,6 +35,11 @@ pub struct Context {
     /// Admission control's view at the VM manager's last scan.
     pub headroom: Mutex<Option<Headroom>>,
     persist_lock: Mutex<()>,
+    /// The libvirt calls of self-fences and startup destroys (bounded by
+    /// `libvirt.call_timeout_ms`, so no thread that feeds the watchdog or
+    /// renews a lease ever hangs in libvirt).
+    #[cfg(feature = "libvirt")]
+    destroyer: Mutex<crate::hypervisor::Libvirt>,
     /// The task watching each registered pid for its exit.
     exit_watches: Mutex<BTreeMap<i32, tokio::task::AbortHandle>>,
 }
@@ -42,7 +47,14 @@ pub struct Context {
 impl Context {
     pub fn new(config: Config, events: EventLog) -> Context {
         let state_path = config.state_dir.join("state.json");
+        #[cfg(feature = "libvirt")]
+        let destroyer = Mutex::new(crate::hypervisor::Libvirt::new(
+            &config.libvirt_uri,
+            config.libvirt_call_timeout_ms,
+        ));
         Context {
+            #[cfg(feature = "libvirt")]
+            destroyer,
             config,
             events,
             holders: Holders::default(),
@@ -120,19 +132,22 @@ impl Context {
     pub fn destroy_domains(&self, uuids: &[String]) -> Vec<(String, String)> {
         #[cfg(feature = "libvirt")]
         {
-            let hypervisor = match crate::hypervisor::Hypervisor::open(&self.config.libvirt_uri) {
-                Ok(h) => h,
-                Err(e) => return uuids.iter().map(|u| (u.clone(), e.to_string())).collect(),
+            let mut libvirt = match self.destroyer.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
             };
-            uuids
-                .iter()
-                .filter_map(|uuid| {
-                    hypervisor
-                        .destroy(uuid)
-                        .err()
-                        .map(|e| (uuid.clone(), e.to_string()))
-                })
-                .collect()
+            let list = uuids.to_vec();
+            // One call for all of them: one wait, bounded by the timeout.
+            let outcome = libvirt.call("destroy", move |h| {
+                Ok(list
+                    .iter()
+                    .filter_map(|uuid| h.destroy(uuid).err().map(|e| (uuid.clone(), e.to_string())))
+                    .collect::<Vec<_>>())
+            });
+            match outcome {
+                Ok(failed) => failed,
+                Err(e) => uuids.iter().map(|u| (u.clone(), e.to_string())).collect(),
+            }
         }
         #[cfg(not(feature = "libvirt"))]
         uuids

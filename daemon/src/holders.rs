@@ -226,6 +226,15 @@ impl Holders {
             .is_some_and(|holder| holder.leases.remove(key))
     }
 
+    /// Handles of the holders with `key` among their leases.
+    pub fn with_lease(&self, key: &LeaseKey) -> Vec<Pidfd> {
+        self.lock()
+            .values()
+            .filter(|h| h.leases.contains(key))
+            .filter_map(|h| h.pidfd.try_clone().ok())
+            .collect()
+    }
+
     /// Every registered pid with its start time and leases.
     pub fn snapshot(&self) -> Vec<(i32, u64, Vec<LeaseKey>)> {
         self.lock()
@@ -294,6 +303,11 @@ mod tests {
         holders
             .add_lease(pid, ("ls".to_string(), "vm1".to_string()))
             .expect("lease");
+        let key = ("ls".to_string(), "vm1".to_string());
+        assert_eq!(holders.with_lease(&key).len(), 1);
+        assert!(holders
+            .with_lease(&("ls".to_string(), "vm2".to_string()))
+            .is_empty());
         let killed = holders.kill_all(Some("ls"));
         assert_eq!(killed.len(), 1);
         let _ = child.wait();

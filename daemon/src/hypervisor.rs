@@ -1,14 +1,23 @@
 //! The local hypervisor through libvirt (the `virt` crate): define and
 //! start a VM from its stored domain XML, tell whether it runs, destroy it.
 //! `test:///default` (in-process, no QEMU) for demos and tests,
-//! `qemu:///system` in production. Every call blocks: use it from a thread
-//! or `spawn_blocking`, never on the async reactor.
+//! `qemu:///system` in production. A [`Hypervisor`] call blocks for as long
+//! as libvirt takes; the daemon never calls it directly from a thread that
+//! decides anything, but through a [`Libvirt`] executor: each call runs on
+//! a worker thread and the caller waits at most `libvirt.call_timeout_ms`.
+//! A call that did not answer in time is [`CallError::TimedOut`]: its
+//! outcome is unknown (it may still complete), and the caller decides what
+//! that means (daemon/src/vms.rs: a start of unknown outcome keeps its
+//! lease until libvirt says whether the VM runs).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum HypervisorError {
     #[error("libvirt {uri}: cannot connect: {message} (is libvirtd running? is the URI right?)")]
     Connect { uri: String, message: String },
@@ -18,7 +27,33 @@ pub enum HypervisorError {
         domain: String,
         action: &'static str,
         message: String,
+        /// The connection failed during the call (the reply was lost): the
+        /// call may have been carried out all the same.
+        transport: bool,
     },
+}
+
+impl HypervisorError {
+    /// Did the error come from the connection rather than from libvirt's
+    /// answer? Then what the call did is unknown.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            HypervisorError::Domain {
+                transport: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Was `e` raised by the client's connection (lost reply, closed socket)
+/// rather than by the hypervisor's answer?
+fn is_transport(e: &virt::error::Error) -> bool {
+    matches!(
+        e.domain(),
+        virt::error::ErrorDomain::Rpc | virt::error::ErrorDomain::Remote
+    ) || matches!(e.code(), ErrorNumber::NoConnect | ErrorNumber::SystemError)
 }
 
 /// One connection to the local hypervisor.
@@ -52,6 +87,7 @@ impl Hypervisor {
             domain: domain.to_string(),
             action,
             message: e.message().to_string(),
+            transport: is_transport(e),
         }
     }
 
@@ -139,6 +175,233 @@ impl Drop for Hypervisor {
     }
 }
 
+/// A libvirt call that did not give a result.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Failed(HypervisorError),
+    /// No answer within the call timeout: the call may still complete.
+    #[error("libvirt {uri} did not answer {action} within {timeout_ms} ms (libvirtd hung or overloaded?)")]
+    TimedOut {
+        uri: String,
+        action: &'static str,
+        timeout_ms: u64,
+    },
+    /// Earlier calls still hang; no new one is tried until one returns.
+    #[error("libvirt {uri}: {hung} earlier call(s) still hang; {action} not tried")]
+    Busy {
+        uri: String,
+        action: &'static str,
+        hung: usize,
+    },
+}
+
+impl CallError {
+    /// Might the call have been carried out although no success came back?
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            CallError::Failed(e) => e.outcome_unknown(),
+            CallError::TimedOut { .. } => true,
+            CallError::Busy { .. } => false,
+        }
+    }
+
+    pub fn is_connect(&self) -> bool {
+        matches!(self, CallError::Failed(HypervisorError::Connect { .. }))
+    }
+}
+
+/// The worker thread's side: a connection opened on first use and dropped
+/// after any error (the next call opens a fresh one).
+struct Session {
+    uri: String,
+    connection: Option<Hypervisor>,
+}
+
+type WorkerJob = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// A call in progress on a worker; its result arrives once.
+pub struct Pending<T> {
+    action: &'static str,
+    receiver: std::sync::mpsc::Receiver<Result<T, HypervisorError>>,
+    /// Set once the call returned (or its worker died).
+    done: Arc<AtomicBool>,
+}
+
+impl<T> Pending<T> {
+    /// The result if the call has returned, without waiting; a worker that
+    /// died without answering counts as a failed call of unknown outcome.
+    pub fn poll(&self, uri: &str) -> Option<Result<T, HypervisorError>> {
+        match self.receiver.try_recv() {
+            Ok(result) => Some(result),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Some(Err(worker_gone(uri, self.action)))
+            }
+        }
+    }
+
+    pub fn action(&self) -> &'static str {
+        self.action
+    }
+}
+
+fn worker_gone(uri: &str, action: &'static str) -> HypervisorError {
+    HypervisorError::Domain {
+        uri: uri.to_string(),
+        domain: String::new(),
+        action,
+        message: "the libvirt worker thread ended without an answer".to_string(),
+        transport: true,
+    }
+}
+
+/// Runs libvirt calls on a worker thread with a bound on every wait. A
+/// call that times out keeps its worker (it is abandoned, and ends when
+/// the call returns); the next call gets a new worker and connection. At
+/// most [`HUNG_WORKERS_MAX`] abandoned workers exist at a time: past that,
+/// calls are refused at once ([`CallError::Busy`]) instead of piling up
+/// threads behind a hung libvirtd.
+pub struct Libvirt {
+    uri: String,
+    timeout_ms: u64,
+    worker: Option<std::sync::mpsc::Sender<WorkerJob>>,
+    /// The `done` flags of the calls abandoned on a timeout.
+    hung: Vec<Arc<AtomicBool>>,
+}
+
+/// Abandoned workers kept at most (each is one thread stuck in libvirt).
+pub const HUNG_WORKERS_MAX: usize = 2;
+
+impl Libvirt {
+    pub fn new(uri: &str, timeout_ms: u64) -> Libvirt {
+        Libvirt {
+            uri: uri.to_string(),
+            timeout_ms,
+            worker: None,
+            hung: Vec::new(),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+
+    /// Abandoned calls that have not returned yet.
+    pub fn hung_calls(&mut self) -> usize {
+        self.hung.retain(|done| !done.load(Ordering::SeqCst));
+        self.hung.len()
+    }
+
+    fn spawn_worker(&self) -> Option<std::sync::mpsc::Sender<WorkerJob>> {
+        let (sender, receiver) = std::sync::mpsc::channel::<WorkerJob>();
+        let mut session = Session {
+            uri: self.uri.clone(),
+            connection: None,
+        };
+        std::thread::Builder::new()
+            .name("libvirt".to_string())
+            .spawn(move || {
+                while let Ok(job) = receiver.recv() {
+                    job(&mut session);
+                }
+            })
+            .ok()?;
+        Some(sender)
+    }
+
+    /// Start `f` on the worker; wait for it with [`Libvirt::wait`] or keep
+    /// the [`Pending`] and poll it later.
+    pub fn submit<T: Send + 'static>(
+        &mut self,
+        action: &'static str,
+        f: impl FnOnce(&Hypervisor) -> Result<T, HypervisorError> + Send + 'static,
+    ) -> Result<Pending<T>, CallError> {
+        let hung = self.hung_calls();
+        if hung >= HUNG_WORKERS_MAX {
+            return Err(CallError::Busy {
+                uri: self.uri.clone(),
+                action,
+                hung,
+            });
+        }
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let job: WorkerJob = Box::new(move |session: &mut Session| {
+            let result = match session.connection.as_ref() {
+                Some(h) => f(h),
+                None => match Hypervisor::open(&session.uri) {
+                    Ok(h) => f(session.connection.insert(h)),
+                    Err(e) => Err(e),
+                },
+            };
+            if result.is_err() {
+                session.connection = None;
+            }
+            flag.store(true, Ordering::SeqCst);
+            let _ = sender.send(result);
+        });
+        if self.worker.is_none() {
+            self.worker = self.spawn_worker();
+        }
+        let sent = match self.worker.as_ref() {
+            Some(worker) => worker.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
+            // The worker is gone (it panicked): one more try on a new one.
+            self.worker = self.spawn_worker();
+            let retried = self.worker.as_ref().map(|w| w.send(job));
+            if !matches!(retried, Some(Ok(()))) {
+                self.worker = None;
+                return Err(CallError::Failed(worker_gone(&self.uri, action)));
+            }
+        }
+        Ok(Pending {
+            action,
+            receiver,
+            done,
+        })
+    }
+
+    /// Wait for `pending` at most the call timeout. On a timeout its
+    /// worker is abandoned and the call stays pending (poll it later).
+    pub fn wait<T>(&mut self, pending: &Pending<T>) -> Result<T, CallError> {
+        let timeout = Duration::from_millis(self.timeout_ms);
+        match pending.receiver.recv_timeout(timeout) {
+            Ok(result) => result.map_err(CallError::Failed),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.worker = None;
+                self.hung.push(Arc::clone(&pending.done));
+                Err(CallError::TimedOut {
+                    uri: self.uri.clone(),
+                    action: pending.action,
+                    timeout_ms: self.timeout_ms,
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                self.worker = None;
+                Err(CallError::Failed(worker_gone(&self.uri, pending.action)))
+            }
+        }
+    }
+
+    /// Run `f` and wait for it (at most the call timeout).
+    pub fn call<T: Send + 'static>(
+        &mut self,
+        action: &'static str,
+        f: impl FnOnce(&Hypervisor) -> Result<T, HypervisorError> + Send + 'static,
+    ) -> Result<T, CallError> {
+        let pending = self.submit(action, f)?;
+        self.wait(&pending)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +439,44 @@ mod tests {
             .expect_err("bad xml");
         assert!(error.to_string().contains("define"), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_call_past_its_timeout_is_abandoned_and_later_calls_are_bounded() {
+        let mut libvirt = Libvirt::new("test:///default", 200);
+        assert!(libvirt.call("inspect", |h| h.running()).is_ok());
+        // A call that hangs past the timeout: unknown outcome, and its
+        // result still arrives later.
+        let pending = libvirt
+            .submit("start", |_| {
+                std::thread::sleep(Duration::from_millis(3000));
+                Ok(7)
+            })
+            .expect("submitted");
+        let error = libvirt.wait(&pending).expect_err("timed out");
+        assert!(matches!(error, CallError::TimedOut { .. }), "{error}");
+        assert!(error.outcome_unknown());
+        assert!(pending.poll(libvirt.uri()).is_none());
+        // The next call runs on a fresh worker, not behind the hung one.
+        assert!(libvirt.call("inspect", |h| h.running()).is_ok());
+        let second = libvirt
+            .submit("start", |_| {
+                std::thread::sleep(Duration::from_millis(3000));
+                Ok(8)
+            })
+            .expect("submitted");
+        assert!(libvirt.wait(&second).is_err());
+        // Two calls hang: the third is refused at once.
+        let refused = libvirt.call("inspect", |h| h.running()).expect_err("busy");
+        assert!(
+            matches!(refused, CallError::Busy { hung: 2, .. }),
+            "{refused}"
+        );
+        assert!(!refused.outcome_unknown());
+        std::thread::sleep(Duration::from_millis(3500));
+        assert_eq!(pending.poll(libvirt.uri()).map(|r| r.ok()), Some(Some(7)));
+        assert_eq!(libvirt.hung_calls(), 0);
+        assert!(libvirt.call("inspect", |h| h.running()).is_ok());
     }
 
     #[test]

@@ -18,12 +18,15 @@
 //!   thread that elects one fencer per silent host.
 //! - [`placement`], [`registry`]: restart placement and admission control;
 //!   the VM records stored in resource payloads (failover, in progress).
+//! - [`domain_lease`]: a HA VM's domain XML with its `<lease>`, as the VM
+//!   manager starts it (the lock plugin then asks this daemon for it).
 
 pub mod capacity;
 pub mod client;
 pub mod config;
 pub mod context;
 pub mod daemon;
+pub mod domain_lease;
 pub mod events;
 pub mod failover;
 pub mod fence;

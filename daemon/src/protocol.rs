@@ -41,11 +41,17 @@ pub enum Request {
     /// Forget a registered process, releasing its leases.
     Unregister { pid: i32 },
     /// Acquire resource lease `resource` for registered process `pid`.
+    /// With `vm` (a domain UUID; the lock plugin sends it for QEMU), a
+    /// lease this daemon already holds for that HA VM is granted without
+    /// touching the device: the process is attached to the daemon's hold,
+    /// which it does not own (its release or exit leaves the lease held).
     Acquire {
         #[serde(default)]
         lockspace: Option<String>,
         resource: String,
         pid: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vm: Option<String>,
     },
     /// Release a resource lease held for `pid`.
     Release {
@@ -76,6 +82,16 @@ pub enum Request {
     Fence { host: String, action: FenceAction },
     /// Every HA VM on the lease device, where it runs, and the headroom.
     VmList {},
+    /// The HA VM of the configured lockspace with this domain UUID or
+    /// name, if any, read from the device now (answered by the control
+    /// socket itself, not the VM manager). The lock plugin asks before it
+    /// lets libvirt start a domain.
+    VmLookup {
+        #[serde(default)]
+        uuid: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
+    },
     /// Register a HA VM from its libvirt domain XML and start it on `host`
     /// (this host when None). Admission control may refuse; `force`
     /// overrides it.
@@ -133,6 +149,32 @@ pub struct VmStatus {
 pub struct VmListReply {
     pub vms: Vec<VmStatus>,
     pub headroom: Option<Headroom>,
+}
+
+/// `vm_lookup`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmLookupReply {
+    /// None: no HA VM has that UUID or name.
+    pub vm: Option<HaVm>,
+}
+
+/// A HA VM found by `vm_lookup`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HaVm {
+    pub lockspace: String,
+    /// Its name, which is also its lease's name.
+    pub name: String,
+    /// None when its record cannot be used (`error` says why).
+    pub uuid: Option<String>,
+    pub slot: u32,
+    /// The incarnation holding its lease.
+    pub holder_host_id: Option<u32>,
+    pub holder_host_name: Option<String>,
+    pub holder_generation: Option<u64>,
+    /// This daemon holds its lease for this VM (HeldBy::Vm): it runs, or
+    /// is being started, here.
+    pub held_here: bool,
+    pub error: Option<String>,
 }
 
 /// What a `vm_*` request did.
@@ -307,6 +349,11 @@ pub struct AcquireReply {
     pub slot: u32,
     pub lver: u64,
     pub generation: u64,
+    /// Set when the lease is this daemon's hold for that VM (domain UUID):
+    /// nothing was acquired, `lver` is the version held since the VM
+    /// manager took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
 }
 
 /// `release`: the lease version released.
@@ -315,6 +362,10 @@ pub struct ReleaseReply {
     pub lockspace: String,
     pub resource: String,
     pub lver: u64,
+    /// Set when the lease stays held for that VM (domain UUID): only the
+    /// process was detached from the daemon's hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
 }
 
 /// `inquire`: the lease as read from the device.
@@ -329,6 +380,9 @@ pub struct InquireReply {
     pub holder_generation: Option<u64>,
     /// The holder is this host, for `pid` if registered here.
     pub held_here_by_pid: Option<i32>,
+    /// The holder is this host, for this HA VM (domain UUID).
+    #[serde(default)]
+    pub held_here_for_vm: Option<String>,
 }
 
 /// One event of the event log.
@@ -354,6 +408,7 @@ mod tests {
             lockspace: None,
             resource: "vm1".to_string(),
             pid: 42,
+            vm: None,
         };
         let line = serde_json::to_string(&request).expect("encode");
         assert_eq!(
@@ -363,6 +418,22 @@ mod tests {
         let parsed: Request =
             serde_json::from_str(r#"{"op":"acquire","resource":"vm1","pid":42}"#).expect("decode");
         assert_eq!(parsed, request);
+        let from_plugin: Request = serde_json::from_str(
+            r#"{"op":"acquire","resource":"vm1","pid":42,"vm":"6695eb01-f6a4-8304-79aa-97f2502e193f"}"#,
+        )
+        .expect("decode");
+        assert!(
+            matches!(from_plugin, Request::Acquire { vm: Some(ref u), .. } if u.starts_with("6695eb01"))
+        );
+        let lookup: Request =
+            serde_json::from_str(r#"{"op":"vm_lookup","uuid":"u"}"#).expect("decode");
+        assert_eq!(
+            lookup,
+            Request::VmLookup {
+                uuid: Some("u".to_string()),
+                name: None
+            }
+        );
     }
 
     #[test]

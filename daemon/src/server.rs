@@ -9,8 +9,8 @@ use crate::context::Context;
 use crate::events::Level;
 use crate::holders::Pidfd;
 use crate::protocol::{
-    ErrorKind, FenceAction, FenceReply, HolderStatus, Reply, Request, StatusReply,
-    REQUEST_BYTES_MAX,
+    ErrorKind, FenceAction, FenceReply, HaVm, HolderStatus, Reply, Request, StatusReply,
+    VmLookupReply, REQUEST_BYTES_MAX,
 };
 use crate::space::{HeldBy, Job, JobError, Space};
 use std::path::Path;
@@ -320,6 +320,86 @@ async fn vm_request(context: &Context, request: Request) -> Reply {
     }
 }
 
+/// `vm_lookup`: the HA VM with domain UUID `uuid` or name `name` in the
+/// configured lockspace, from a registry scan on a device handle of its
+/// own (off the reactor, bounded like a lease operation).
+async fn vm_lookup(context: &Context, uuid: Option<String>, name: Option<String>) -> Reply {
+    let space = match context.space(None) {
+        Ok(space) => space,
+        Err(e) => return error_reply(e),
+    };
+    let scanning = Arc::clone(&space);
+    let scan = tokio::task::spawn_blocking(move || {
+        let (disk, lockspace) = scanning.open()?;
+        crate::registry::scan(
+            &lockspace,
+            disk.as_ref(),
+            &std::collections::BTreeMap::new(),
+        )
+    });
+    let entries = match tokio::time::timeout(job_timeout(&space), scan).await {
+        Ok(Ok(Ok(entries))) => entries,
+        Ok(Ok(Err(e))) => {
+            let kind = match e {
+                lease::LeaseError::Disk(_) => ErrorKind::Storage,
+                _ => ErrorKind::Internal,
+            };
+            return Reply::failure(
+                kind,
+                format!("cannot read the HA VMs on {}: {e}", space.config.device),
+            );
+        }
+        Ok(Err(e)) => return Reply::failure(ErrorKind::Internal, e.to_string()),
+        Err(_) => {
+            return Reply::failure(
+                ErrorKind::Storage,
+                format!(
+                    "the lease device {} did not answer within {} ms",
+                    space.config.device,
+                    job_timeout(&space).as_millis()
+                ),
+            )
+        }
+    };
+    let by_uuid = |e: &crate::registry::VmEntry| {
+        let record_uuid = e.record.as_ref().ok().map(|r| r.uuid.as_str());
+        matches!((uuid.as_deref(), record_uuid), (Some(u), Some(r)) if u.eq_ignore_ascii_case(r))
+    };
+    let by_name = |e: &crate::registry::VmEntry| name.as_deref() == Some(e.name.as_str());
+    let found = entries
+        .iter()
+        .find(|e| by_uuid(e))
+        .or_else(|| entries.iter().find(|e| by_name(e)));
+    let vm = found.map(|entry| {
+        let record_uuid = entry.record.as_ref().ok().map(|r| r.uuid.clone());
+        let held_here = match (space.held_vms().get(&entry.name), &record_uuid) {
+            (Some(held), Some(uuid)) => held.eq_ignore_ascii_case(uuid),
+            _ => false,
+        };
+        let holder_name = entry.holder.and_then(|owner| {
+            space
+                .status()
+                .hosts
+                .into_iter()
+                .find(|h| h.host_id == owner.host_id.get())
+                .map(|h| h.name)
+                .filter(|n| !n.is_empty())
+        });
+        HaVm {
+            lockspace: space.config.name.clone(),
+            name: entry.name.clone(),
+            uuid: record_uuid,
+            slot: entry.slot,
+            holder_host_id: entry.holder.map(|o| o.host_id.get()),
+            holder_host_name: holder_name,
+            holder_generation: entry.holder.map(|o| o.generation),
+            held_here,
+            error: entry.record.as_ref().err().cloned(),
+        }
+    });
+    Reply::success(VmLookupReply { vm })
+}
+
 /// The parent of `pid`, from /proc.
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -398,13 +478,28 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
             lockspace,
             resource,
             pid,
+            vm,
         } => {
-            space_job(context, lockspace, |reply| Job::Acquire {
-                resource,
-                by: HeldBy::Process(pid),
-                reply,
-            })
-            .await
+            // QEMU of a HA VM this host holds the lease for: attached to
+            // the daemon's hold, no device I/O.
+            let attached = vm.as_deref().and_then(|vm| {
+                context
+                    .space(lockspace.as_deref())
+                    .ok()?
+                    .attach_to_vm_hold(&resource, pid, vm)
+            });
+            match attached {
+                Some(Ok(result)) => Reply::success(result),
+                Some(Err(e)) => error_reply(e),
+                None => {
+                    space_job(context, lockspace, |reply| Job::Acquire {
+                        resource,
+                        by: HeldBy::Process(pid),
+                        reply,
+                    })
+                    .await
+                }
+            }
         }
         Request::Release {
             lockspace,
@@ -436,6 +531,7 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
                 Err(e) => Reply::failure(ErrorKind::Internal, e.to_string()),
             }
         }
+        Request::VmLookup { uuid, name } => vm_lookup(context, uuid, name).await,
         request @ (Request::VmList {}
         | Request::VmAdd { .. }
         | Request::VmStart { .. }

@@ -25,6 +25,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// How long a release of a VM's lease waits for a process still attached
+/// to it (QEMU started by hand on this host) to die after its SIGKILL.
+const ATTACHED_EXIT_WAIT_MS: u64 = 5_000;
+
 /// Host records as last seen (id, state name, record) and the hosts dead
 /// by the watchdog rule (id, generation).
 pub type HostRecords = (
@@ -136,6 +140,11 @@ pub struct SpaceState {
     pub resources: BTreeMap<String, Held>,
     /// Leases to release once the device answers: (resource, owner).
     pub pending_release: Vec<(String, Owner)>,
+    /// VMs (domain UUIDs) whose libvirt start is in flight or of unknown
+    /// outcome: each may be running although no destroy saw it, so a
+    /// self-fence gives no lease up and declares nothing over while one
+    /// is here (see [`Space::begin_vm_start`]).
+    pub vm_starts: std::collections::BTreeSet<String>,
 }
 
 /// A request for the resource worker; each carries its reply channel.
@@ -247,6 +256,7 @@ impl Space {
                 consecutive_failures: 0,
                 resources: BTreeMap::new(),
                 pending_release: Vec::new(),
+                vm_starts: std::collections::BTreeSet::new(),
             }),
             jobs: Mutex::new(Some(sender)),
             stop: (Mutex::new(false), Condvar::new()),
@@ -498,23 +508,60 @@ impl Space {
         self.destroy_vms();
     }
 
+    /// The VM manager is about to start VM `name` (domain `uuid`) through
+    /// libvirt: allowed only while this host holds the lockspace and the
+    /// VM's lease for that domain. Decided under the state lock, so a
+    /// self-fence either comes first (no start) or waits for the start's
+    /// outcome ([`Space::end_vm_start`]) before any lease goes.
+    pub fn begin_vm_start(&self, name: &str, uuid: &str) -> bool {
+        let mut state = self.lock();
+        let held = state
+            .resources
+            .get(name)
+            .is_some_and(|h| h.by.vm() == Some(uuid));
+        if state.phase != Phase::Joined || !held {
+            return false;
+        }
+        state.vm_starts.insert(uuid.to_string());
+        true
+    }
+
+    /// The start of `uuid` has a known outcome now (running, or confirmed
+    /// not running). A VM destroyed before the start finished is destroyed
+    /// again by the next [`Space::destroy_vms`].
+    pub fn end_vm_start(&self, uuid: &str) {
+        self.lock().vm_starts.remove(uuid);
+        let mut done = match self.destroyed_vms.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        done.remove(uuid);
+    }
+
+    /// VM starts whose outcome is not known yet.
+    pub fn vm_starts_in_flight(&self) -> usize {
+        self.lock().vm_starts.len()
+    }
+
     /// Destroy every VM whose lease is held here, at once (self-fence, or
     /// leases that cannot be taken over). True when none of them runs any
     /// more; a VM libvirt could not destroy keeps its lease held here (and
-    /// the watchdog unfed) until a later call succeeds.
+    /// the watchdog unfed) until a later call succeeds, and while a VM
+    /// start is in flight nothing counts as destroyed yet.
     pub fn destroy_vms(&self) -> bool {
         // Held throughout: the guard and renewal threads may both get here.
         let mut done = match self.destroyed_vms.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let in_flight = self.vm_starts_in_flight();
         let vms: BTreeMap<String, String> = self
             .held_vms()
             .into_iter()
             .filter(|(_, uuid)| !done.contains(uuid))
             .collect();
         if vms.is_empty() {
-            return true;
+            return in_flight == 0;
         }
         let uuids: Vec<String> = vms.values().cloned().collect();
         let failed = self.context.destroy_domains(&uuids);
@@ -537,7 +584,7 @@ impl Space {
                 ),
             }
         }
-        failed.is_empty()
+        failed.is_empty() && in_flight == 0
     }
 
     fn join_request(&self) -> JoinRequest {
@@ -1138,7 +1185,9 @@ impl Space {
                 .check_alive(pid)
                 .map_err(|e| JobError::new(ErrorKind::NotFound, e.to_string()))?;
         }
-        if let Some(held) = self.lock().resources.get(resource) {
+        // (Cloned: joined_owner takes the state lock again.)
+        let held = self.lock().resources.get(resource).cloned();
+        if let Some(held) = held {
             return if held.by == by {
                 Ok(AcquireReply {
                     lockspace: self.config.name.clone(),
@@ -1146,6 +1195,7 @@ impl Space {
                     slot: held.slot,
                     lver: held.lver,
                     generation: self.joined_owner()?.0.generation,
+                    vm: None,
                 })
             } else {
                 Err(JobError::new(
@@ -1236,6 +1286,7 @@ impl Space {
                     slot,
                     lver: leader.lver,
                     generation: owner.generation,
+                    vm: None,
                 })
             }
             Err(error) => {
@@ -1248,6 +1299,119 @@ impl Space {
                 Err(self.describe_busy(disk, space, resource, &error))
             }
         }
+    }
+
+    /// The lock plugin's acquire for QEMU (registered process `pid`) of a
+    /// lease this host holds for HA VM `vm` (domain UUID), which the VM
+    /// manager starts with that lease in its definition: granted without
+    /// touching the device, and `pid` is attached to the hold, so that a
+    /// self-fence kills it with the holders and a release of the hold
+    /// kills it first. The hold stays the VM's: the process's release or
+    /// exit leaves it held. None when the lease is not held here for that
+    /// VM (the caller then acquires for the process as usual).
+    pub fn attach_to_vm_hold(
+        &self,
+        resource: &str,
+        pid: i32,
+        vm: &str,
+    ) -> Option<Result<AcquireReply, JobError>> {
+        // Under the state lock, as an acquire records its holder: a
+        // self-fence either comes first (refused here) or kills `pid`.
+        let state = self.lock();
+        let held = state.resources.get(resource)?;
+        if !held
+            .by
+            .vm()
+            .is_some_and(|uuid| uuid.eq_ignore_ascii_case(vm))
+        {
+            return None;
+        }
+        let generation = match (&state.phase, &state.lockspace, &state.lease) {
+            (Phase::Joined, Some(space), Some(lease))
+                if delta::holds(space, lease, clock().now_ms()) =>
+            {
+                lease.owner().generation
+            }
+            (phase, _, _) => {
+                return Some(Err(JobError::new(
+                    ErrorKind::NotJoined,
+                    format!(
+                        "host {} does not hold lockspace {} ({}): {resource} cannot be used now",
+                        self.config.host_id,
+                        self.config.name,
+                        phase.label()
+                    ),
+                )))
+            }
+        };
+        let key = (self.config.name.clone(), resource.to_string());
+        let attached = self
+            .context
+            .holders
+            .check_alive(pid)
+            .and_then(|()| self.context.holders.add_lease(pid, key));
+        if let Err(e) = attached {
+            return Some(Err(JobError::new(ErrorKind::NotFound, e.to_string())));
+        }
+        let reply = AcquireReply {
+            lockspace: self.config.name.clone(),
+            resource: resource.to_string(),
+            slot: held.slot,
+            lver: held.lver,
+            generation,
+            vm: held.by.vm().map(str::to_string),
+        };
+        drop(state);
+        self.emit(
+            Level::Info,
+            "vm-lease-attached",
+            format!(
+                "pid {pid} runs VM {vm} under this host's hold of {resource} (slot {}, lver {}): nothing acquired",
+                reply.slot, reply.lver
+            ),
+        );
+        Some(Ok(reply))
+    }
+
+    /// Before a hold for a VM is released: SIGKILL every process attached
+    /// to it ([`Space::attach_to_vm_hold`]) that still runs, and wait for
+    /// it to be gone, so nothing runs the VM once the lease can go. Err
+    /// when one does not exit in time (the lease then stays held).
+    fn end_attached(&self, resource: &str) -> Result<(), JobError> {
+        let key = (self.config.name.clone(), resource.to_string());
+        let attached = self.context.holders.with_lease(&key);
+        let deadline = clock().now_ms() + ATTACHED_EXIT_WAIT_MS;
+        for pidfd in &attached {
+            if pidfd.exited() {
+                continue;
+            }
+            let how = match pidfd.kill() {
+                Ok(()) => "sent it SIGKILL".to_string(),
+                Err(e) => format!("cannot kill it: {e}"),
+            };
+            self.emit(
+                Level::Warn,
+                "holder-killed",
+                format!(
+                    "pid {} still ran under the VM lease {resource} being released; {how}",
+                    pidfd.pid
+                ),
+            );
+            let left = deadline.saturating_sub(clock().now_ms());
+            if !pidfd.wait_exit(left) {
+                return Err(JobError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "pid {} still runs under the VM lease {resource}; the lease stays held",
+                        pidfd.pid
+                    ),
+                ));
+            }
+        }
+        for pidfd in &attached {
+            self.context.holders.remove_lease(pidfd.pid, &key);
+        }
+        Ok(())
     }
 
     /// A busy error naming the holder ("held by host 2 (hostB)").
@@ -1327,6 +1491,19 @@ impl Space {
                 format!("{resource} is not held on this host"),
             ));
         };
+        let key = (self.config.name.clone(), resource.to_string());
+        if let (Some(HeldBy::Process(pid)), HeldBy::Vm(uuid)) = (by, &held.by) {
+            // A process attached to the VM's hold (the lock plugin pausing
+            // QEMU) lets go of the hold, not of the lease.
+            if self.context.holders.remove_lease(*pid, &key) {
+                return Ok(ReleaseReply {
+                    lockspace: self.config.name.clone(),
+                    resource: resource.to_string(),
+                    lver: held.lver,
+                    vm: Some(uuid.clone()),
+                });
+            }
+        }
         if let Some(by) = by {
             if held.by != *by {
                 return Err(JobError::new(
@@ -1338,13 +1515,14 @@ impl Space {
         let Some(owner) = owner else {
             return Err(JobError::new(ErrorKind::NotJoined, "no delta lease"));
         };
+        if let HeldBy::Vm(_) = held.by {
+            self.end_attached(resource)?;
+        }
         // Forget it first: a release whose write failed is retried from
         // pending_release, never reported as still held.
         self.lock().resources.remove(resource);
         if let HeldBy::Process(pid) = held.by {
-            self.context
-                .holders
-                .remove_lease(pid, &(self.config.name.clone(), resource.to_string()));
+            self.context.holders.remove_lease(pid, &key);
         }
         let result = self.release_lease(disk, space, resource, &held, owner, forget);
         self.context.persist();
@@ -1359,12 +1537,14 @@ impl Space {
                     lockspace: self.config.name.clone(),
                     resource: resource.to_string(),
                     lver,
+                    vm: None,
                 })
             }
             Err(LeaseError::NotOwner { .. }) => Ok(ReleaseReply {
                 lockspace: self.config.name.clone(),
                 resource: resource.to_string(),
                 lver: held.lver,
+                vm: None,
             }),
             Err(e) => Err(JobError::new(
                 JobError::from_lease(&e).kind,
@@ -1396,7 +1576,10 @@ impl Space {
     ) -> Result<InquireReply, JobError> {
         let found = run(resource::lookup(space, resource), disk, &clock())
             .map_err(|e| JobError::from_lease(&e))?;
-        let held_here = self.lock().resources.get(resource).and_then(|h| h.by.pid());
+        let (held_here, held_for_vm) = match self.lock().resources.get(resource) {
+            Some(held) => (held.by.pid(), held.by.vm().map(str::to_string)),
+            None => (None, None),
+        };
         let Some((slot, _)) = found else {
             return Ok(InquireReply {
                 lockspace: self.config.name.clone(),
@@ -1407,6 +1590,7 @@ impl Space {
                 holder_host_name: None,
                 holder_generation: None,
                 held_here_by_pid: held_here,
+                held_here_for_vm: held_for_vm,
             });
         };
         let status = run(
@@ -1429,6 +1613,7 @@ impl Space {
             holder_host_name: holder_name,
             holder_generation: status.holder.map(|o| o.generation),
             held_here_by_pid: held_here,
+            held_here_for_vm: held_for_vm,
         })
     }
 

@@ -15,7 +15,7 @@
 use crate::context::{Context, VmJob};
 use crate::events::Level;
 use crate::failover::{self, HostView, Turn};
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{CallError, Hypervisor, Libvirt, Pending};
 use crate::placement::{self, HostLoad, Priority};
 use crate::protocol::{ErrorKind, Reply, Request, VmActionReply, VmListReply, VmStatus};
 use crate::registry::{self, DesiredState, RestartPolicy, VmEntry, VmRecord};
@@ -59,6 +59,46 @@ impl From<crate::hypervisor::HypervisorError> for Refusal {
     }
 }
 
+impl From<CallError> for Refusal {
+    fn from(e: CallError) -> Refusal {
+        Refusal(ErrorKind::Internal, e.to_string())
+    }
+}
+
+/// How a start through libvirt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Started {
+    Running,
+    /// Not started, and confirmed not running (or never tried).
+    Failed,
+    /// libvirt did not say (the call hung or its answer was lost): the
+    /// lease stays held here until it does ([`VmManager::resolve_unsure`]).
+    Unknown,
+}
+
+/// Where a start of unknown outcome stands.
+enum Unsure {
+    /// The call still runs on an abandoned libvirt worker: nothing can be
+    /// concluded (a destroy now could come before the start).
+    Starting(Pending<()>),
+    /// The call is over without a usable answer: ask whether the VM runs.
+    Unknown,
+    /// The start failed; the VM must be confirmed gone before its lease
+    /// is given up.
+    GivingUp,
+}
+
+/// A VM whose lease we hold and whose start has no known outcome yet.
+struct UnsureStart {
+    slot: u32,
+    record: VmRecord,
+    why: String,
+    /// When the outcome became unknown: a VM not running `call_timeout_ms`
+    /// after that counts as not started.
+    since_ms: u64,
+    state: Unsure,
+}
+
 impl From<LeaseError> for Refusal {
     fn from(e: LeaseError) -> Refusal {
         let kind = match e {
@@ -97,7 +137,7 @@ impl Hosts {
 pub struct VmManager {
     context: Arc<Context>,
     space: Arc<Space>,
-    hypervisor: Option<Hypervisor>,
+    libvirt: Libvirt,
     device: Option<(BoxedDisk, Lockspace)>,
     /// The last scan, by slot, with when each record was read.
     cache: BTreeMap<u32, (VmEntry, u64)>,
@@ -106,6 +146,8 @@ pub struct VmManager {
     waiting_since: BTreeMap<(String, u64, u32), u64>,
     /// Whether libvirt failed at the last attempt (one event per outage).
     hypervisor_down: bool,
+    /// Starts of unknown outcome (their leases stay held here).
+    unsure: Vec<UnsureStart>,
     /// VMs started here whose lease was lost meanwhile (name, UUID): they
     /// are destroyed, retried every round until libvirt manages it.
     stray: Vec<(String, String)>,
@@ -118,14 +160,19 @@ pub struct VmManager {
 /// Start the VM manager's thread; the returned sender takes its requests.
 pub fn start(context: Arc<Context>, space: Arc<Space>) -> std::io::Result<mpsc::Sender<VmJob>> {
     let (sender, receiver) = mpsc::channel();
+    let libvirt = Libvirt::new(
+        &context.config.libvirt_uri,
+        context.config.libvirt_call_timeout_ms,
+    );
     let mut manager = VmManager {
         context,
         space,
-        hypervisor: None,
+        libvirt,
         device: None,
         cache: BTreeMap::new(),
         waiting_since: BTreeMap::new(),
         hypervisor_down: false,
+        unsure: Vec::new(),
         stray: Vec::new(),
         last_scan_ms: 0,
         last_fingerprint: Vec::new(),
@@ -170,6 +217,7 @@ impl VmManager {
                 || now < self.busy_until_ms
                 || !self.waiting_since.is_empty()
                 || !self.stray.is_empty()
+                || !self.unsure.is_empty()
                 || fingerprint != self.last_fingerprint
                 // This host just fenced one: its VMs wait from now on,
                 // before our monitor sees the mark at its next renewal.
@@ -238,28 +286,50 @@ impl VmManager {
 
     // ---- resources ------------------------------------------------------------
 
-    fn hypervisor(&mut self) -> Result<&Hypervisor, Refusal> {
-        if self.hypervisor.is_none() {
-            match Hypervisor::open(&self.context.config.libvirt_uri) {
-                Ok(h) => {
-                    if self.hypervisor_down {
-                        self.emit(Level::Info, "libvirt-up", "libvirt answers again");
-                    }
-                    self.hypervisor_down = false;
-                    self.hypervisor = Some(h);
-                }
-                Err(e) => {
-                    if !self.hypervisor_down {
-                        self.emit(Level::Error, "libvirt-down", e.to_string());
-                    }
-                    self.hypervisor_down = true;
-                    return Err(Refusal(ErrorKind::Internal, e.to_string()));
-                }
+    /// Note how a libvirt call went: one event when libvirt stops
+    /// answering (cannot connect, hangs) and one when it answers again.
+    fn note_libvirt<T>(&mut self, result: &Result<T, CallError>) {
+        let down = match result {
+            Ok(_) => false,
+            Err(e) => {
+                e.is_connect() || matches!(e, CallError::TimedOut { .. } | CallError::Busy { .. })
             }
+        };
+        if down && !self.hypervisor_down {
+            if let Err(e) = result {
+                self.emit(Level::Error, "libvirt-down", e.to_string());
+            }
+        } else if !down && self.hypervisor_down && result.is_ok() {
+            self.emit(Level::Info, "libvirt-up", "libvirt answers again");
         }
-        self.hypervisor
-            .as_ref()
-            .ok_or_else(|| Refusal(ErrorKind::Internal, "no libvirt connection".to_string()))
+        if down || result.is_ok() {
+            self.hypervisor_down = down;
+        }
+    }
+
+    /// One libvirt call, bounded by `libvirt.call_timeout_ms`.
+    fn libvirt<T: Send + 'static>(
+        &mut self,
+        action: &'static str,
+        f: impl FnOnce(&Hypervisor) -> Result<T, crate::hypervisor::HypervisorError> + Send + 'static,
+    ) -> Result<T, CallError> {
+        let result = self.libvirt.call(action, f);
+        self.note_libvirt(&result);
+        result
+    }
+
+    fn destroy_domain(&mut self, uuid: &str) -> Result<(), CallError> {
+        let uuid = uuid.to_string();
+        self.libvirt("destroy", move |h| h.destroy(&uuid))
+    }
+
+    fn domain_running(&mut self, uuid: &str) -> Result<bool, CallError> {
+        let uuid = uuid.to_string();
+        self.libvirt("inspect", move |h| h.is_running(&uuid))
+    }
+
+    fn is_unsure(&self, uuid: &str) -> bool {
+        self.unsure.iter().any(|u| u.record.uuid == uuid)
     }
 
     fn device(&mut self) -> Result<(&dyn lease::disk::Disk, Lockspace), LeaseError> {
@@ -439,11 +509,7 @@ impl VmManager {
     fn destroy_strays(&mut self) {
         let strays = std::mem::take(&mut self.stray);
         for (name, uuid) in strays {
-            let destroyed = self
-                .hypervisor()
-                .and_then(|h| h.destroy(&uuid).map_err(Refusal::from));
-            if let Err(Refusal(_, e)) = destroyed {
-                self.hypervisor = None;
+            if let Err(e) = self.destroy_domain(&uuid) {
                 self.emit(
                     Level::Error,
                     "vm-destroy-failed",
@@ -458,6 +524,9 @@ impl VmManager {
     fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>) {
         if !self.stray.is_empty() {
             self.destroy_strays();
+        }
+        if !self.unsure.is_empty() {
+            self.resolve_unsure();
         }
         if self.space.owner().is_none() {
             return;
@@ -518,6 +587,9 @@ impl VmManager {
     /// (crashed, killed, destroyed behind our back).
     fn keep_own_running(&mut self, entries: &[VmEntry]) {
         for (name, uuid) in self.space.held_vms() {
+            if self.is_unsure(&uuid) {
+                continue;
+            }
             let Some(entry) = entries.iter().find(|e| e.name == name) else {
                 continue;
             };
@@ -527,18 +599,9 @@ impl VmManager {
             if record.desired != DesiredState::Running {
                 continue;
             }
-            let running = match self
-                .hypervisor()
-                .and_then(|h| h.is_running(&uuid).map_err(Refusal::from))
-            {
-                Ok(running) => running,
-                Err(_) => {
-                    self.hypervisor = None;
-                    continue;
-                }
-            };
-            if running {
-                continue;
+            match self.domain_running(&uuid) {
+                Ok(true) | Err(_) => continue,
+                Ok(false) => {}
             }
             self.emit(
                 Level::Warn,
@@ -551,21 +614,97 @@ impl VmManager {
         }
     }
 
-    /// Start a VM whose lease we hold; on failure count it, and give the
-    /// lease up so the next host in its order tries.
-    fn start_held(&mut self, slot: u32, mut record: VmRecord, why: &str) -> bool {
-        let started = self.hypervisor().and_then(|h| {
-            h.start(&record.uuid, &record.domain_xml)
-                .map_err(Refusal::from)
-        });
-        // A self-fence sets its phase before it destroys the VMs it knows:
-        // either it destroyed this one after our start, or we see the lease
-        // gone here and destroy it ourselves.
-        if started.is_ok()
-            && (self.space.owner().is_none() || !self.space.held_vms().contains_key(&record.name))
-        {
+    /// Start a VM whose lease we hold. A start libvirt refuses counts as a
+    /// failed restart and gives the lease up (once libvirt confirms the VM
+    /// is not running) so the next host in its order tries; a start whose
+    /// outcome is unknown keeps the lease until libvirt says.
+    fn start_held(&mut self, slot: u32, record: VmRecord, why: &str) -> Started {
+        // Registered under the state lock: a self-fence either came first
+        // (no start) or waits for this start's outcome before any lease
+        // goes (space.rs, `begin_vm_start`).
+        if !self.space.begin_vm_start(&record.name, &record.uuid) {
+            self.emit(
+                Level::Warn,
+                "vm-start-skipped",
+                format!(
+                    "{} not started: this host does not hold the lockspace or the VM's lease now",
+                    record.name
+                ),
+            );
+            return Started::Failed;
+        }
+        let uuid = record.uuid.clone();
+        // Defined with its lease: the lock plugin then asks us for it.
+        let xml = match crate::domain_lease::with_lease(
+            &record.domain_xml,
+            &self.space.config.name,
+            &record.name,
+            &self.space.config.device,
+        ) {
+            Ok(xml) => xml,
+            Err(e) => {
+                self.start_failed(slot, record, &e.to_string());
+                return Started::Failed;
+            }
+        };
+        let pending = match self.libvirt.submit("start", move |h| h.start(&uuid, &xml)) {
+            Ok(pending) => pending,
+            Err(e) => {
+                // Not even tried: nothing of it runs.
+                self.note_libvirt::<()>(&Err(e.clone()));
+                self.start_failed(slot, record, &e.to_string());
+                return Started::Failed;
+            }
+        };
+        let result = self.libvirt.wait(&pending);
+        self.note_libvirt(&result);
+        match result {
+            Ok(()) => {
+                if self.started(slot, record, why) {
+                    Started::Running
+                } else {
+                    Started::Failed
+                }
+            }
+            Err(e) if e.outcome_unknown() => {
+                self.emit(
+                    Level::Warn,
+                    "vm-start-unknown",
+                    format!(
+                        "libvirt did not confirm the start of {} ({e}); its lease stays held here until libvirt says whether it runs",
+                        record.name
+                    ),
+                );
+                let state = match e {
+                    CallError::TimedOut { .. } => Unsure::Starting(pending),
+                    _ => Unsure::Unknown,
+                };
+                self.unsure.push(UnsureStart {
+                    slot,
+                    record,
+                    why: why.to_string(),
+                    since_ms: now_ms(),
+                    state,
+                });
+                Started::Unknown
+            }
+            Err(e) => {
+                self.start_failed(slot, record, &e.to_string());
+                Started::Failed
+            }
+        }
+    }
+
+    /// libvirt started the VM: keep it if its lease is still ours, else
+    /// destroy it at once. True when it runs here under its lease.
+    fn started(&mut self, slot: u32, mut record: VmRecord, why: &str) -> bool {
+        // A self-fence sets its phase before it destroys the VMs it knows,
+        // and waits for the starts in flight: either we see the lease
+        // still ours here, or we destroy the VM before that wait ends.
+        if self.space.owner().is_none() || !self.space.held_vms().contains_key(&record.name) {
             self.stray.push((record.name.clone(), record.uuid.clone()));
             self.destroy_strays();
+            self.space.end_vm_start(&record.uuid);
             self.emit(
                 Level::Warn,
                 "vm-destroyed",
@@ -576,76 +715,148 @@ impl VmManager {
             );
             return false;
         }
-        match started {
-            Ok(()) => {
-                if record.failed_restarts != 0 || record.preferred_host.is_some() {
-                    record.failed_restarts = 0;
-                    record.preferred_host = None;
-                    if let Err(Refusal(_, e)) = self.write_record(slot, &record) {
-                        self.emit(
-                            Level::Warn,
-                            "vm-record-failed",
-                            format!("{} runs, but its record was not updated: {e}", record.name),
-                        );
+        self.space.end_vm_start(&record.uuid);
+        if record.failed_restarts != 0 || record.preferred_host.is_some() {
+            record.failed_restarts = 0;
+            record.preferred_host = None;
+            if let Err(Refusal(_, e)) = self.write_record(slot, &record) {
+                self.emit(
+                    Level::Warn,
+                    "vm-record-failed",
+                    format!("{} runs, but its record was not updated: {e}", record.name),
+                );
+            }
+        }
+        self.emit(
+            Level::Info,
+            "vm-started",
+            format!(
+                "{} ({} priority, {} MiB) running on host {} ({}): {why}",
+                record.name,
+                priority_name(record.priority),
+                record.memory_mib,
+                self.space.config.host_id,
+                self.space.config.host_name
+            ),
+        );
+        true
+    }
+
+    /// The start failed: count it in the record, then give the lease up
+    /// once the VM is confirmed not running.
+    fn start_failed(&mut self, slot: u32, mut record: VmRecord, message: &str) {
+        record.failed_restarts = record.failed_restarts.saturating_add(1);
+        // The next attempt goes to the next host in the order.
+        record.preferred_host = None;
+        let limit = self.context.config.failover.restart_attempts;
+        self.emit(
+            Level::Error,
+            "vm-start-failed",
+            format!(
+                "{} did not start here ({message}); failed restarts: {} of {limit}",
+                record.name, record.failed_restarts
+            ),
+        );
+        if let Err(Refusal(_, e)) = self.write_record(slot, &record) {
+            self.emit(
+                Level::Warn,
+                "vm-record-failed",
+                format!("{}: cannot count the failed start: {e}", record.name),
+            );
+        }
+        if record.failed_restarts >= limit {
+            self.emit(
+                Level::Error,
+                "vm-failed",
+                format!(
+                    "{} failed to start {} times in a row; nobody restarts it until `leasehold vm start {}`",
+                    record.name, record.failed_restarts, record.name
+                ),
+            );
+        }
+        self.give_up(slot, record, now_ms());
+    }
+
+    /// Release the lease of a VM that did not start, but only once libvirt
+    /// confirms it is not running: until then the lease stays held here
+    /// (retried every round), since the next host would start it too.
+    fn give_up(&mut self, slot: u32, record: VmRecord, since_ms: u64) {
+        if let Err(e) = self.destroy_domain(&record.uuid) {
+            self.emit(
+                Level::Error,
+                "vm-destroy-failed",
+                format!(
+                    "{} did not start, but libvirt cannot confirm it is gone ({e}); its lease stays held here until it does",
+                    record.name
+                ),
+            );
+            self.unsure.push(UnsureStart {
+                slot,
+                why: String::new(),
+                record,
+                since_ms,
+                state: Unsure::GivingUp,
+            });
+            return;
+        }
+        self.space.end_vm_start(&record.uuid);
+        if let Err(Refusal(_, e)) = self.release(&record.name, &record.uuid, false) {
+            self.emit(
+                Level::Warn,
+                "release-failed",
+                format!("{}: {e}", record.name),
+            );
+        }
+    }
+
+    /// Settle the starts of unknown outcome: a start that returns or a VM
+    /// that libvirt shows running counts as started; one libvirt shows
+    /// not running a whole call timeout after the outcome became unknown
+    /// counts as failed (a lost answer's start has ended by then).
+    fn resolve_unsure(&mut self) {
+        let settle_ms = self.libvirt.timeout_ms();
+        for mut unsure in std::mem::take(&mut self.unsure) {
+            if let Unsure::Starting(pending) = &unsure.state {
+                match pending.poll(self.libvirt.uri()) {
+                    None => {
+                        self.unsure.push(unsure);
+                        continue;
+                    }
+                    Some(Ok(())) => {
+                        let why = format!("{} (libvirt's start returned late)", unsure.why);
+                        self.started(unsure.slot, unsure.record, &why);
+                        continue;
+                    }
+                    Some(Err(e)) if !e.outcome_unknown() => {
+                        self.start_failed(unsure.slot, unsure.record, &e.to_string());
+                        continue;
+                    }
+                    Some(Err(_)) => {
+                        unsure.state = Unsure::Unknown;
+                        unsure.since_ms = now_ms();
                     }
                 }
-                self.emit(
-                    Level::Info,
-                    "vm-started",
-                    format!(
-                        "{} ({} priority, {} MiB) running on host {} ({}): {why}",
-                        record.name,
-                        priority_name(record.priority),
-                        record.memory_mib,
-                        self.space.config.host_id,
-                        self.space.config.host_name
-                    ),
-                );
-                true
             }
-            Err(Refusal(_, message)) => {
-                self.hypervisor = None;
-                record.failed_restarts = record.failed_restarts.saturating_add(1);
-                // The next attempt goes to the next host in the order.
-                record.preferred_host = None;
-                let limit = self.context.config.failover.restart_attempts;
-                self.emit(
-                    Level::Error,
-                    "vm-start-failed",
-                    format!(
-                        "{} did not start here ({message}); failed restarts: {} of {limit}",
-                        record.name, record.failed_restarts
-                    ),
-                );
-                if let Err(Refusal(_, e)) = self.write_record(slot, &record) {
-                    self.emit(
-                        Level::Warn,
-                        "vm-record-failed",
-                        format!("{}: cannot count the failed start: {e}", record.name),
-                    );
-                }
-                if record.failed_restarts >= limit {
-                    self.emit(
-                        Level::Error,
-                        "vm-failed",
-                        format!(
-                            "{} failed to start {} times in a row; nobody restarts it until `leasehold vm start {}`",
-                            record.name, record.failed_restarts, record.name
-                        ),
-                    );
-                }
-                // Nothing of it may run once the lease is given up.
-                if let Ok(h) = self.hypervisor() {
-                    let _ = h.destroy(&record.uuid);
-                }
-                if let Err(Refusal(_, e)) = self.release(&record.name, &record.uuid, false) {
-                    self.emit(
-                        Level::Warn,
-                        "release-failed",
-                        format!("{}: {e}", record.name),
-                    );
-                }
-                false
+            match unsure.state {
+                Unsure::Starting(_) => self.unsure.push(unsure),
+                Unsure::GivingUp => self.give_up(unsure.slot, unsure.record, unsure.since_ms),
+                Unsure::Unknown => match self.domain_running(&unsure.record.uuid) {
+                    Ok(true) => {
+                        let why = format!(
+                            "{} (libvirt's answer to the start was lost; it runs)",
+                            unsure.why
+                        );
+                        self.started(unsure.slot, unsure.record, &why);
+                    }
+                    Ok(false) if now_ms() >= unsure.since_ms.saturating_add(settle_ms) => {
+                        self.start_failed(
+                            unsure.slot,
+                            unsure.record,
+                            "libvirt's answer to the start was lost and the VM does not run",
+                        );
+                    }
+                    Ok(false) | Err(_) => self.unsure.push(unsure),
+                },
             }
         }
     }
@@ -1017,14 +1228,22 @@ impl VmManager {
             ),
         );
         let message = if target == own {
-            if !self.start_held(slot, record.clone(), "added") {
-                return Err(Refusal(
+            match self.start_held(slot, record.clone(), "added") {
+                Started::Running => {}
+                Started::Failed => return Err(Refusal(
                     ErrorKind::Internal,
                     format!(
                         "{} is registered but did not start here (see `leasehold events`); the other hosts will try it in turn",
                         record.name
                     ),
-                ));
+                )),
+                Started::Unknown => return Err(Refusal(
+                    ErrorKind::Internal,
+                    format!(
+                        "{} is registered; libvirt did not confirm its start, so its lease stays here until libvirt says whether it runs (see `leasehold events`)",
+                        record.name
+                    ),
+                )),
             }
             format!("{} registered and running on host {own}", record.name)
         } else {
@@ -1060,6 +1279,15 @@ impl VmManager {
             .record
             .clone()
             .map_err(|e| Refusal(ErrorKind::Conflict, e))?;
+        if self.is_unsure(&record.uuid) {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!(
+                    "libvirt has not confirmed whether {} started here; try `leasehold vm {action} {}` again once it answers (see `leasehold events`)",
+                    record.name, record.name
+                ),
+            ));
+        }
         let own = self.space.owner();
         match entry.holder {
             Some(o) if Some(o) == own => {}
@@ -1121,14 +1349,26 @@ impl VmManager {
                 warning: None,
             });
         }
-        if !self.start_held(entry.slot, record.clone(), "started by request") {
-            return Err(Refusal(
-                ErrorKind::Internal,
-                format!(
-                    "{} did not start here (see `leasehold events`)",
-                    record.name
-                ),
-            ));
+        match self.start_held(entry.slot, record.clone(), "started by request") {
+            Started::Running => {}
+            Started::Failed => {
+                return Err(Refusal(
+                    ErrorKind::Internal,
+                    format!(
+                        "{} did not start here (see `leasehold events`)",
+                        record.name
+                    ),
+                ))
+            }
+            Started::Unknown => {
+                return Err(Refusal(
+                    ErrorKind::Internal,
+                    format!(
+                        "libvirt did not confirm the start of {}; its lease stays here until libvirt says whether it runs (see `leasehold events`)",
+                        record.name
+                    ),
+                ))
+            }
         }
         Ok(VmActionReply {
             message: format!("{} running on host {own}", record.name),
@@ -1141,14 +1381,10 @@ impl VmManager {
     /// so nobody restarts it meanwhile, then give the lease up.
     fn stop_here(&mut self, slot: u32, record: &VmRecord, forget: bool) -> Outcome<()> {
         self.write_record(slot, record)?;
-        let destroyed = self
-            .hypervisor()
-            .and_then(|h| h.destroy(&record.uuid).map_err(Refusal::from));
-        if let Err(Refusal(kind, e)) = destroyed {
+        if let Err(e) = self.destroy_domain(&record.uuid) {
             // Still running, or unknown: the lease stays held.
-            self.hypervisor = None;
             return Err(Refusal(
-                kind,
+                ErrorKind::Internal,
                 format!("{e}; {} keeps its lease until it is stopped", record.name),
             ));
         }
@@ -1282,9 +1518,9 @@ impl VmManager {
                 &SystemClock,
             )?;
         }
-        if let Ok(h) = self.hypervisor() {
-            let _ = h.undefine(&record.uuid);
-        }
+        let uuid = record.uuid.clone();
+        // Best effort: a definition left behind runs nothing.
+        let _ = self.libvirt("undefine", move |h| h.undefine(&uuid));
         self.release(&record.name, &record.uuid, true)?;
         self.cache.remove(&entry.slot);
         self.emit(

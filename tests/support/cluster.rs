@@ -5,6 +5,7 @@
 
 use crate::bmc::{free_udp_port, PASSWORD, USER};
 use crate::daemon::{format_test_device, Host, HostSpec};
+use crate::libvirt_proxy::LibvirtProxy;
 use crate::{sparse_file, wait_long, LoopDevice, Scratch};
 use leasehold_daemon::placement::Priority;
 use leasehold_daemon::protocol::{ErrorKind, Request, VmActionReply, VmListReply, VmStatus};
@@ -35,6 +36,11 @@ pub struct ClusterSpec {
     pub memory_mib: u32,
     pub restart_grace_ms: u64,
     pub hypervisor: Hypervisor,
+    /// Hosts whose daemon reaches its libvirtd through a fault-injecting
+    /// [`LibvirtProxy`] (real libvirtd only); see [`Cluster::proxy`].
+    pub proxied: Vec<u32>,
+    /// `libvirt.call_timeout_ms` of every host (None: the default).
+    pub libvirt_call_timeout_ms: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -45,6 +51,21 @@ impl ClusterSpec {
             memory_mib,
             restart_grace_ms: 3000,
             hypervisor: Hypervisor::TestDriver { broken: Vec::new() },
+            proxied: Vec::new(),
+            libvirt_call_timeout_ms: None,
+        }
+    }
+
+    /// `hosts` hosts, each with its own libvirtd running QEMU guests.
+    pub fn qemu(hosts: u32, io_timeout_ms: u32, memory_mib: u32) -> ClusterSpec {
+        ClusterSpec {
+            hosts,
+            io_timeout_ms,
+            memory_mib,
+            restart_grace_ms: 5000,
+            hypervisor: Hypervisor::Qemu,
+            proxied: Vec::new(),
+            libvirt_call_timeout_ms: None,
         }
     }
 }
@@ -54,6 +75,7 @@ impl ClusterSpec {
 pub struct Cluster {
     pub hosts: Vec<Host>,
     pub spec: ClusterSpec,
+    pub proxies: std::collections::BTreeMap<u32, LibvirtProxy>,
     _device: LoopDevice,
     pub scratch: Scratch,
 }
@@ -106,6 +128,7 @@ impl Cluster {
             })
             .collect();
         let secrets = secrets(&scratch.path, spec.hosts);
+        let mut proxies = std::collections::BTreeMap::new();
         let hosts: Vec<Host> = (1..=spec.hosts)
             .map(|i| {
                 let host_dir = scratch.path.join(format!("host{i}"));
@@ -123,11 +146,26 @@ impl Cluster {
                                 .display(),
                             host_dir.display()
                         ));
-                        session_uri(&host_dir)
+                        if spec.proxied.contains(&i) {
+                            std::fs::create_dir_all(&host_dir).expect("host dir");
+                            let proxy = LibvirtProxy::start(
+                                &host_dir.join("lvproxy.sock"),
+                                &host_dir.join("libvirt/runtime/libvirt/libvirt-sock"),
+                            );
+                            let uri = proxy.uri();
+                            proxies.insert(i, proxy);
+                            uri
+                        } else {
+                            session_uri(&host_dir)
+                        }
                     }
                 };
+                let call_timeout = spec
+                    .libvirt_call_timeout_ms
+                    .map(|ms| format!("call_timeout_ms = {ms}\n"))
+                    .unwrap_or_default();
                 host.extra = format!(
-                    "[libvirt]\nuri = \"{uri}\"\n[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{cluster_toml}",
+                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{cluster_toml}",
                     spec.memory_mib, spec.restart_grace_ms
                 );
                 host.secrets = Some(secrets.clone());
@@ -149,6 +187,7 @@ impl Cluster {
         Cluster {
             hosts,
             spec,
+            proxies,
             _device: device,
             scratch,
         }
@@ -159,7 +198,15 @@ impl Cluster {
         &self.hosts[usize::try_from(id - 1).expect("index")]
     }
 
-    /// The libvirt URI of host `id` (real libvirtd only).
+    /// The fault-injecting proxy in front of host `id`'s libvirtd.
+    pub fn proxy(&self, id: u32) -> &LibvirtProxy {
+        self.proxies
+            .get(&id)
+            .expect("host is proxied (ClusterSpec::proxied)")
+    }
+
+    /// The libvirt URI of host `id` (real libvirtd only; never through
+    /// its proxy: the hypervisor's truth).
     pub fn uri(&self, id: u32) -> String {
         session_uri(&self.host(id).dir)
     }

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 pub mod bmc;
 pub mod cluster;
 pub mod daemon;
+pub mod libvirt_proxy;
 
 /// Path of the `leasehold` binary of this build, built on first use.
 pub fn leasehold_bin() -> PathBuf {
@@ -16,11 +17,16 @@ pub fn leasehold_bin() -> PathBuf {
         .clone()
 }
 
-/// The daemon binary, built on first use.
+/// The daemon binary, built on first use; `LEASEHOLD_TEST_LEASEHOLDD`
+/// names another build to test instead (e.g. an older commit's, to see a
+/// regression test fail there).
 pub fn leaseholdd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("leasehold-daemon", "leaseholdd"))
-        .clone()
+    BIN.get_or_init(|| match std::env::var_os("LEASEHOLD_TEST_LEASEHOLDD") {
+        Some(path) => PathBuf::from(path),
+        None => build_bin("leasehold-daemon", "leaseholdd"),
+    })
+    .clone()
 }
 
 /// The watchdog emulator, built on first use.

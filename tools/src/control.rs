@@ -224,6 +224,7 @@ pub fn client(command: &ClientCommand) -> Result<()> {
                     lockspace: a.lockspace.clone(),
                     resource: a.resource.clone(),
                     pid: a.pid,
+                    vm: None,
                 },
             )?;
             let text = format!(
@@ -351,6 +352,7 @@ fn run(args: &RunArgs) -> Result<()> {
             lockspace: args.lockspace.clone(),
             resource: resource.clone(),
             pid,
+            vm: None,
         })?)
         .with_context(|| format!("cannot acquire {resource}"))?;
     }

@@ -6,7 +6,9 @@
 use crate::abi::{self, Param};
 use crate::config::PluginConfig;
 use leasehold_daemon::client::Client;
-use leasehold_daemon::protocol::{AcquireReply, ErrorKind, InquireReply, Reply, Request};
+use leasehold_daemon::protocol::{
+    AcquireReply, ErrorKind, HaVm, InquireReply, Reply, Request, VmLookupReply,
+};
 use libc::c_char;
 use std::ffi::CStr;
 use std::time::Duration;
@@ -199,6 +201,85 @@ impl Domain {
             .map_err(|e| Failure::internal(format!("leaseholdd: {e}")))
     }
 
+    /// The domain UUID for the daemon, when libvirt gave one.
+    fn vm(&self) -> Option<String> {
+        (!self.uuid.is_empty()).then(|| self.uuid.clone())
+    }
+
+    /// Is this domain a HA VM (by UUID or name)? A HA VM runs only where
+    /// the daemon holds its lease for it (the VM manager started it, or
+    /// this is its resume or a hot-plug): anywhere else it is refused,
+    /// with or without a `<lease>`, and pointed at `leasehold vm start`.
+    fn check_ha(&self, client: &mut Client) -> Result<Option<HaVm>, Failure> {
+        let request = Request::VmLookup {
+            uuid: self.vm(),
+            name: (!self.name.is_empty()).then(|| self.name.clone()),
+        };
+        let reply = Self::call(client, &request)?;
+        if !reply.ok {
+            return Err(Failure::internal(format!(
+                "cannot tell whether {} is a HA VM, so it is not started: {}",
+                self.label(),
+                reply_message(&reply)
+            )));
+        }
+        let found: VmLookupReply = reply
+            .result
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| Failure::internal("leaseholdd's vm_lookup reply does not parse"))?;
+        let Some(vm) = found.vm else {
+            return Ok(None);
+        };
+        let same_uuid = vm
+            .uuid
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(&self.uuid));
+        if vm.held_here && same_uuid {
+            return Ok(Some(vm));
+        }
+        Err(self.refusal(&vm, same_uuid))
+    }
+
+    /// Why HA VM `vm` may not start here through libvirt.
+    fn refusal(&self, vm: &HaVm, same_uuid: bool) -> Failure {
+        let what = if same_uuid {
+            format!(
+                "{} is the HA VM {} of lockspace {}",
+                self.label(),
+                vm.name,
+                vm.lockspace
+            )
+        } else {
+            format!(
+                "{} ({}) has the name of the HA VM {} ({}) of lockspace {}",
+                self.label(),
+                self.uuid,
+                vm.name,
+                vm.uuid.as_deref().unwrap_or("its record is unusable"),
+                vm.lockspace
+            )
+        };
+        let how = format!(
+            "start it with `leasehold vm start {}`, not with libvirt",
+            vm.name
+        );
+        if let Some(error) = &vm.error {
+            return Failure::internal(format!("{what}, whose record is unusable ({error}); {how}"));
+        }
+        match vm.holder_host_id {
+            Some(id) => Failure {
+                busy: true,
+                message: format!(
+                    "resource busy: lease {} held by host {id} ({}) generation {}: {what}, running there; {how}",
+                    vm.name,
+                    vm.holder_host_name.as_deref().unwrap_or(""),
+                    vm.holder_generation.unwrap_or(0),
+                ),
+            },
+            None => Failure::internal(format!("{what} and runs nowhere; {how}")),
+        }
+    }
+
     /// The real acquire (before the CPUs start, and on resume with the
     /// `state` of the release): every lease for the QEMU pid, or none.
     pub fn acquire(&self, config: &PluginConfig, state: Option<&str>) -> Result<(), Failure> {
@@ -209,6 +290,16 @@ impl Domain {
                     self.label()
                 )));
             }
+            // No lease of its own: only a HA VM's is refused, so the
+            // daemon must be asked (unreachable: refused, it might be one).
+            let mut client = Self::client(config).map_err(|f| {
+                Failure::internal(format!(
+                    "{}; cannot tell whether {} is a HA VM, so it is not started",
+                    f.message,
+                    self.label()
+                ))
+            })?;
+            self.check_ha(&mut client)?;
             return Ok(());
         }
         if self.pid <= 0 {
@@ -218,6 +309,7 @@ impl Domain {
             )));
         }
         let mut client = Self::client(config)?;
+        self.check_ha(&mut client)?;
         // Normally QEMU registered itself in libvirt's child already; this
         // covers a libvirtd that reconnects to a running VM. An unprivileged
         // libvirtd may not register a QEMU that is not its descendant: then
@@ -239,25 +331,42 @@ impl Domain {
         let previous = state.map(parse_state).unwrap_or_default();
         let mut taken: Vec<&Lease> = Vec::new();
         for lease in &self.leases {
+            // With the domain's UUID: a lease the daemon holds for this
+            // HA VM is granted as it is (QEMU attached to that hold).
             let request = Request::Acquire {
                 lockspace: lease.lockspace.clone(),
                 resource: lease.key.clone(),
                 pid: self.pid,
+                vm: self.vm(),
             };
             let reply = Self::call(&mut client, &request)?;
             let failure = if reply.ok {
                 let acquired: Option<AcquireReply> =
                     reply.result.and_then(|v| serde_json::from_value(v).ok());
                 // On resume the lease must not have been held elsewhere
-                // while the VM was paused: exactly one instance later.
-                match (acquired, previous.iter().find(|(l, k, _)| *k == lease.key && l.as_deref() == lease.lockspace.as_deref())) {
-                    (Some(a), Some((_, _, lver))) if a.lver != lver.saturating_add(1) => Some(Failure::internal(format!(
-                        "lease {} of {} was held by another host while the VM was paused (version {} then, {} now); not resuming",
-                        lease.key,
-                        self.label(),
-                        lver,
-                        a.lver
-                    ))),
+                // while the VM was paused: exactly one instance later, or
+                // the same version when the daemon held it for the VM
+                // all along.
+                let before = previous.iter().find(|(l, k, _)| {
+                    *k == lease.key && l.as_deref() == lease.lockspace.as_deref()
+                });
+                match (acquired, before) {
+                    (Some(a), Some((_, _, lver)))
+                        if a.lver
+                            != if a.vm.is_some() {
+                                *lver
+                            } else {
+                                lver.saturating_add(1)
+                            } =>
+                    {
+                        Some(Failure::internal(format!(
+                            "lease {} of {} was held by another host while the VM was paused (version {} then, {} now); not resuming",
+                            lease.key,
+                            self.label(),
+                            lver,
+                            a.lver
+                        )))
+                    }
                     _ => None,
                 }
             } else {
@@ -332,7 +441,13 @@ impl Domain {
             }
             let status: Option<InquireReply> =
                 reply.result.and_then(|v| serde_json::from_value(v).ok());
-            if let Some(status) = status.filter(|s| s.held_here_by_pid == Some(self.pid)) {
+            let ours = |s: &InquireReply| {
+                s.held_here_by_pid == Some(self.pid)
+                    || s.held_here_for_vm.as_deref().is_some_and(|u| {
+                        !self.uuid.is_empty() && u.eq_ignore_ascii_case(&self.uuid)
+                    })
+            };
+            if let Some(status) = status.filter(ours) {
                 state.push(lease.state_entry(status.lver));
             }
         }
