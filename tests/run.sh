@@ -15,6 +15,9 @@ packages=()
 command -v losetup >/dev/null || packages+=(util-linux)
 command -v nbdkit >/dev/null || packages+=(nbdkit)
 command -v nbdfuse >/dev/null || packages+=(libnbd-bin)
+# nbdkit's python plugin runs tests/support/nbd/hold_writes.py (a storage
+# path that holds one host's writes back: tests/late_write.rs).
+nbdkit python --version >/dev/null 2>&1 || packages+=(nbdkit-plugin-python)
 command -v fusermount3 >/dev/null || packages+=(fuse3)
 command -v ipmi_sim >/dev/null || packages+=(openipmi)
 command -v ipmitool >/dev/null || packages+=(ipmitool)

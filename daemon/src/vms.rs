@@ -65,6 +65,13 @@ impl From<CallError> for Refusal {
     }
 }
 
+/// Did a failed start reach libvirt? If not, nothing of it can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    No,
+}
+
 /// How a start through libvirt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Started {
@@ -643,7 +650,7 @@ impl VmManager {
         ) {
             Ok(xml) => xml,
             Err(e) => {
-                self.start_failed(slot, record, &e.to_string());
+                self.start_failed(slot, record, &e.to_string(), Sent::No);
                 return Started::Failed;
             }
         };
@@ -652,7 +659,7 @@ impl VmManager {
             Err(e) => {
                 // Not even tried: nothing of it runs.
                 self.note_libvirt::<()>(&Err(e.clone()));
-                self.start_failed(slot, record, &e.to_string());
+                self.start_failed(slot, record, &e.to_string(), Sent::No);
                 return Started::Failed;
             }
         };
@@ -689,7 +696,14 @@ impl VmManager {
                 Started::Unknown
             }
             Err(e) => {
-                self.start_failed(slot, record, &e.to_string());
+                // A connection that could not be opened, or a call refused
+                // while earlier ones hang, sent no start.
+                let sent = if e.is_connect() || matches!(e, CallError::Busy { .. }) {
+                    Sent::No
+                } else {
+                    Sent::Yes
+                };
+                self.start_failed(slot, record, &e.to_string(), sent);
                 Started::Failed
             }
         }
@@ -742,9 +756,9 @@ impl VmManager {
         true
     }
 
-    /// The start failed: count it in the record, then give the lease up
-    /// once the VM is confirmed not running.
-    fn start_failed(&mut self, slot: u32, mut record: VmRecord, message: &str) {
+    /// The start failed: count it in the record, then give the lease up,
+    /// once the VM is confirmed not running if the start reached libvirt.
+    fn start_failed(&mut self, slot: u32, mut record: VmRecord, message: &str, sent: Sent) {
         record.failed_restarts = record.failed_restarts.saturating_add(1);
         // The next attempt goes to the next host in the order.
         record.preferred_host = None;
@@ -774,7 +788,23 @@ impl VmManager {
                 ),
             );
         }
-        self.give_up(slot, record, now_ms());
+        match sent {
+            Sent::Yes => self.give_up(slot, record, now_ms()),
+            // Nothing of this start ran: no destroy to wait for.
+            Sent::No => self.release_not_started(&record),
+        }
+    }
+
+    /// Release the lease of a VM that is known not to run here.
+    fn release_not_started(&mut self, record: &VmRecord) {
+        self.space.end_vm_start(&record.uuid);
+        if let Err(Refusal(_, e)) = self.release(&record.name, &record.uuid, false) {
+            self.emit(
+                Level::Warn,
+                "release-failed",
+                format!("{}: {e}", record.name),
+            );
+        }
     }
 
     /// Release the lease of a VM that did not start, but only once libvirt
@@ -799,14 +829,7 @@ impl VmManager {
             });
             return;
         }
-        self.space.end_vm_start(&record.uuid);
-        if let Err(Refusal(_, e)) = self.release(&record.name, &record.uuid, false) {
-            self.emit(
-                Level::Warn,
-                "release-failed",
-                format!("{}: {e}", record.name),
-            );
-        }
+        self.release_not_started(&record);
     }
 
     /// Settle the starts of unknown outcome: a start that returns or a VM
@@ -828,7 +851,7 @@ impl VmManager {
                         continue;
                     }
                     Some(Err(e)) if !e.outcome_unknown() => {
-                        self.start_failed(unsure.slot, unsure.record, &e.to_string());
+                        self.start_failed(unsure.slot, unsure.record, &e.to_string(), Sent::Yes);
                         continue;
                     }
                     Some(Err(_)) => {
@@ -853,6 +876,7 @@ impl VmManager {
                             unsure.slot,
                             unsure.record,
                             "libvirt's answer to the start was lost and the VM does not run",
+                            Sent::Yes,
                         );
                     }
                     Ok(false) | Err(_) => self.unsure.push(unsure),

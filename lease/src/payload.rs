@@ -4,7 +4,18 @@
 //! lease holder writes, always over the copy that is not the current one,
 //! with a higher sequence number, so a write torn by a crash leaves the
 //! previous version readable. A copy whose header or data checksum fails is
-//! reported, never used; the newest valid copy wins.
+//! reported, never used.
+//!
+//! Every copy carries the lease version (lver) it was written under, and
+//! the current copy is the valid one with the highest (lver, sequence): a
+//! write of a former holder that reaches the device late (held in a
+//! storage path while the host was fenced) loses to anything written under
+//! a later version. So that such a write cannot erase the new holder's
+//! only copy either, the first write under a new version writes both
+//! copies, one after the other. A former holder's late writes all aim at
+//! one copy (it picks the copy that was not current when it read, and
+//! nothing it wrote since landed), so one copy of the newer version always
+//! survives them.
 
 use crate::error::LeaseError;
 use crate::format::{FormatError, Geometry, PayloadHeader};
@@ -17,6 +28,8 @@ use crate::paxos;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
     pub sequence: u64,
+    /// The lease version it was written under (0: before lvers were kept).
+    pub lver: u64,
     pub writer: Owner,
     pub data: Vec<u8>,
 }
@@ -67,6 +80,7 @@ fn decode_copy(space: &Lockspace, slot: u32, bytes: &[u8]) -> Copy {
             }
             Copy::Valid(Payload {
                 sequence: header.sequence,
+                lver: header.lver,
                 writer: header.writer,
                 data: data.to_vec(),
             })
@@ -85,16 +99,17 @@ async fn read_copies(port: &Port, space: &Lockspace, slot: u32) -> Result<[Copy;
     Ok([decode_copy(space, slot, &a), decode_copy(space, slot, &b)])
 }
 
-/// The newest valid copy, by index.
+/// The current copy, by index: the valid one written under the highest
+/// lease version, the higher sequence among equal versions.
 fn current(copies: &[Copy; 2]) -> Option<usize> {
     copies
         .iter()
         .enumerate()
         .filter_map(|(i, c)| match c {
-            Copy::Valid(p) => Some((i, p.sequence)),
+            Copy::Valid(p) => Some((i, (p.lver, p.sequence))),
             _ => None,
         })
-        .max_by_key(|(_, sequence)| *sequence)
+        .max_by_key(|(_, order)| *order)
         .map(|(i, _)| i)
 }
 
@@ -139,7 +154,9 @@ pub fn read(space: &Lockspace, slot: u32) -> Operation<Result<Option<Payload>, L
 }
 
 /// Write `data` as the payload of `slot` for `writer`, which must hold the
-/// slot's lease (checked on the device first). Returns the new sequence.
+/// slot's lease (checked on the device first). The copy is stamped with
+/// the lease version held; the first write under a version writes both
+/// copies. Returns the new sequence.
 pub fn write(
     space: &Lockspace,
     slot: u32,
@@ -172,12 +189,29 @@ pub fn write(
                 },
             });
         }
+        let lver = status.leader.lver;
         let copies = read_copies(&port, &space, slot).await?;
-        let target = match current(&copies) {
+        let newer = copies.iter().find_map(|c| match c {
+            Copy::Valid(p) if p.lver > lver => Some(p.lver),
+            _ => None,
+        });
+        if let Some(newer) = newer {
+            // Only a later holder writes a later version: the leader read
+            // above or that copy is not what it seems.
+            return Err(LeaseError::Invalid(format!(
+                "{}: a payload copy of slot {slot} says it was written under lease version {newer}, above the leader's {lver}; nothing written (inspect with `leasehold dump`)",
+                space.device
+            )));
+        }
+        let current_copy = current(&copies);
+        // Under a version that wrote nothing yet, both copies get it.
+        let first_under_lver = !current_copy
+            .is_some_and(|i| matches!(copies.get(i), Some(Copy::Valid(p)) if p.lver == lver));
+        let target = match current_copy {
             Some(i) => 1 - i,
             None => 0,
         };
-        let highest = copies
+        let mut sequence = copies
             .iter()
             .filter_map(|c| match c {
                 Copy::Valid(p) => Some(p.sequence),
@@ -186,24 +220,34 @@ pub fn write(
             })
             .max()
             .unwrap_or(0);
-        let sequence = highest.saturating_add(1);
-        let header = PayloadHeader {
-            slot,
-            sequence,
-            length_bytes: length,
-            data_checksum: crc32fast::hash(&data),
-            writer,
+        let order: &[usize] = if first_under_lver {
+            &[target, 1 - target]
+        } else {
+            &[target]
         };
         let sector = space.geometry.sector_size_bytes() as usize;
-        let mut bytes = header.encode(&space.name, space.geometry.sector_size_bytes());
-        bytes.extend_from_slice(&data);
-        let padded = bytes.len().div_ceil(sector) * sector;
-        bytes.resize(padded, 0);
-        port.write(
-            copy_offset_bytes(&space.geometry, slot, target as u64),
-            bytes,
-        )
-        .await?;
+        for copy in order {
+            sequence = sequence.saturating_add(1);
+            let header = PayloadHeader {
+                slot,
+                sequence,
+                length_bytes: length,
+                data_checksum: crc32fast::hash(&data),
+                writer,
+                lver,
+            };
+            let mut bytes = header.encode(&space.name, space.geometry.sector_size_bytes());
+            bytes.extend_from_slice(&data);
+            let padded = bytes.len().div_ceil(sector) * sector;
+            bytes.resize(padded, 0);
+            // One after the other: the second overwrites the old version
+            // only once the first copy of the new one is on the device.
+            port.write(
+                copy_offset_bytes(&space.geometry, slot, *copy as u64),
+                bytes,
+            )
+            .await?;
+        }
         Ok(sequence)
     })
 }

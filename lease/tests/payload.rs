@@ -1,5 +1,6 @@
 //! Resource payloads: only the holder writes, two copies survive a torn
-//! write, a corrupt copy is never used.
+//! write, a corrupt copy is never used, and a former holder's write that
+//! lands late never wins over a later holder's.
 
 mod common;
 
@@ -89,12 +90,14 @@ fn a_torn_write_leaves_the_previous_version_and_two_bad_copies_are_an_error() {
     let s = setup_with_payload(4, 2, 16384);
     let a = s.join(1, "alpha");
     let slot = acquire(&s, &a, "vm1");
+    // The first write under this lease version fills both copies (A,
+    // then B); the second goes over the older one, A.
     s.run(payload::write(&s.space, slot, a.owner(), vec![1; 3000]))
-        .expect("write A");
+        .expect("write A and B");
     s.run(payload::write(&s.space, slot, a.owner(), vec![2; 3000]))
-        .expect("write B");
-    // The newest copy (B) loses a data sector: the older one is read.
-    scribble(&s, copy_offset(&s, slot, 1) + 1024);
+        .expect("write A");
+    // The newest copy (A) loses a data sector: the older one is read.
+    scribble(&s, copy_offset(&s, slot, 0) + 1024);
     let read = s
         .run(payload::read(&s.space, slot))
         .expect("read")
@@ -165,5 +168,125 @@ proptest! {
                 (expected, got) => prop_assert!(false, "expected {:?}, got {:?}", expected.as_ref().map(Vec::len), got.map(|p| p.map(|p| p.data.len()))),
             }
         }
+    }
+}
+
+/// The bytes one payload write of `owner` puts on the device (offset,
+/// sectors), found by running it and then putting the copies back: a
+/// write that is still on its way to the device.
+fn in_flight(s: &Setup, slot: u32, owner: lease::Owner, data: Vec<u8>) -> (u64, Vec<u8>) {
+    let size = (s.space.geometry.payload_size_bytes() / 2) as usize;
+    let copies: Vec<Vec<u8>> = (0..2)
+        .map(|copy| {
+            let mut bytes = vec![0; size];
+            s.disk
+                .read(copy_offset(s, slot, copy), &mut bytes)
+                .expect("read");
+            bytes
+        })
+        .collect();
+    s.run(payload::write(&s.space, slot, owner, data))
+        .expect("write");
+    let mut written = None;
+    for copy in 0..2u64 {
+        let mut now = vec![0; size];
+        s.disk
+            .read(copy_offset(s, slot, copy), &mut now)
+            .expect("read");
+        let before = &copies[copy as usize];
+        if now != *before {
+            assert!(
+                written.is_none(),
+                "a second write under a version touches one copy"
+            );
+            written = Some((copy_offset(s, slot, copy), now));
+            s.disk
+                .write(copy_offset(s, slot, copy), before)
+                .expect("put back");
+        }
+    }
+    written.expect("the write changed a copy")
+}
+
+#[test]
+fn a_former_holders_late_write_loses_to_the_new_holders_record() {
+    let s = setup_with_payload(4, 2, 16384);
+    let a = s.join(1, "alpha");
+    let b = s.join(2, "beta");
+    let slot = acquire(&s, &a, "vm1");
+    s.run(payload::write(
+        &s.space,
+        slot,
+        a.owner(),
+        b"running".to_vec(),
+    ))
+    .expect("first record");
+    // A's next write is held in its storage path...
+    let (offset, late) = in_flight(&s, slot, a.owner(), b"running, again".to_vec());
+    // ... while A loses the lease and B takes it and writes "stopped".
+    s.run(resource::release(&s.space, "vm1", a.owner()))
+        .expect("release");
+    assert_eq!(acquire(&s, &b, "vm1"), slot);
+    s.run(payload::write(
+        &s.space,
+        slot,
+        b.owner(),
+        b"stopped".to_vec(),
+    ))
+    .expect("B's record");
+    // A's write lands now: B's record still reads back.
+    s.disk.write(offset, &late).expect("late write lands");
+    let read = s
+        .run(payload::read(&s.space, slot))
+        .expect("read")
+        .expect("some");
+    assert_eq!(read.data, b"stopped");
+    assert_eq!(read.writer, b.owner());
+    // And B's next write builds on its own record, not on A's.
+    s.run(payload::write(
+        &s.space,
+        slot,
+        b.owner(),
+        b"stopped, 2".to_vec(),
+    ))
+    .expect("B again");
+    let read = s
+        .run(payload::read(&s.space, slot))
+        .expect("read")
+        .expect("some");
+    assert_eq!(read.data, b"stopped, 2");
+}
+
+#[test]
+fn a_copy_from_a_later_lease_version_than_the_leader_is_refused_for_writing() {
+    let s = setup_with_payload(4, 2, 16384);
+    let a = s.join(1, "alpha");
+    let slot = acquire(&s, &a, "vm1");
+    s.run(payload::write(&s.space, slot, a.owner(), b"a".to_vec()))
+        .expect("first record");
+    let header_of = |copy: u64| {
+        let mut sector = vec![0; 512];
+        s.disk
+            .read(copy_offset(&s, slot, copy), &mut sector)
+            .expect("read");
+        lease::format::PayloadHeader::decode(&sector, "test", slot, 16000).expect("header")
+    };
+    // The first write under the version filled both copies with it.
+    assert_eq!(header_of(0).lver, header_of(1).lver);
+    assert!(header_of(0).lver > 0);
+    // A copy claiming a version above the leader's (only a later holder
+    // could have written it): the holder writes nothing.
+    let mut planted = header_of(1);
+    planted.lver += 100;
+    let mut bytes = planted.encode("test", 512);
+    bytes.truncate(512);
+    s.disk
+        .write(copy_offset(&s, slot, 1), &bytes)
+        .expect("plant");
+    match s.run(payload::write(&s.space, slot, a.owner(), b"b".to_vec())) {
+        Err(LeaseError::Invalid(message)) => {
+            assert!(message.contains("above the leader"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }

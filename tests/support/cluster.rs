@@ -6,7 +6,7 @@
 use crate::bmc::{free_udp_port, PASSWORD, USER};
 use crate::daemon::{format_test_device, Host, HostSpec};
 use crate::libvirt_proxy::LibvirtProxy;
-use crate::{sparse_file, wait_long, LoopDevice, Scratch};
+use crate::{sparse_file, wait_long, LoopDevice, PausableDevice, Scratch};
 use leasehold_daemon::placement::Priority;
 use leasehold_daemon::protocol::{ErrorKind, Request, VmActionReply, VmListReply, VmStatus};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,10 @@ pub struct ClusterSpec {
     pub proxied: Vec<u32>,
     /// `libvirt.call_timeout_ms` of every host (None: the default).
     pub libvirt_call_timeout_ms: Option<u64>,
+    /// Hosts that reach the lease device through a path of their own whose
+    /// writes can be held back ([`PausableDevice::over_file_holding_writes`]);
+    /// see [`Cluster::path`].
+    pub held_paths: Vec<u32>,
 }
 
 impl ClusterSpec {
@@ -53,6 +57,7 @@ impl ClusterSpec {
             hypervisor: Hypervisor::TestDriver { broken: Vec::new() },
             proxied: Vec::new(),
             libvirt_call_timeout_ms: None,
+            held_paths: Vec::new(),
         }
     }
 
@@ -66,6 +71,7 @@ impl ClusterSpec {
             hypervisor: Hypervisor::Qemu,
             proxied: Vec::new(),
             libvirt_call_timeout_ms: None,
+            held_paths: Vec::new(),
         }
     }
 }
@@ -76,7 +82,11 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     pub spec: ClusterSpec,
     pub proxies: std::collections::BTreeMap<u32, LibvirtProxy>,
+    /// The own device paths of the hosts in `spec.held_paths`.
+    pub paths: std::collections::BTreeMap<u32, PausableDevice>,
     _device: LoopDevice,
+    /// The file behind every host's device.
+    pub backing: String,
     pub scratch: Scratch,
 }
 
@@ -129,10 +139,16 @@ impl Cluster {
             .collect();
         let secrets = secrets(&scratch.path, spec.hosts);
         let mut proxies = std::collections::BTreeMap::new();
+        let paths: std::collections::BTreeMap<u32, PausableDevice> = spec
+            .held_paths
+            .iter()
+            .map(|i| (*i, PausableDevice::over_file_holding_writes(&backing)))
+            .collect();
         let hosts: Vec<Host> = (1..=spec.hosts)
             .map(|i| {
                 let host_dir = scratch.path.join(format!("host{i}"));
-                let mut host = HostSpec::new(i, &device.path, spec.io_timeout_ms);
+                let path = paths.get(&i).map_or(device.path.as_str(), |p| p.path());
+                let mut host = HostSpec::new(i, path, spec.io_timeout_ms);
                 let uri = match &spec.hypervisor {
                     Hypervisor::TestDriver { broken } if broken.contains(&i) => {
                         "test:///nonexistent/leasehold-no-such-node.xml".to_string()
@@ -188,9 +204,18 @@ impl Cluster {
             hosts,
             spec,
             proxies,
+            paths,
             _device: device,
+            backing,
             scratch,
         }
+    }
+
+    /// Host `id`'s own path to the lease device (in `spec.held_paths`).
+    pub fn path(&self, id: u32) -> &PausableDevice {
+        self.paths
+            .get(&id)
+            .unwrap_or_else(|| panic!("host {id} has no path of its own"))
     }
 
     /// Host `id` (1-based).

@@ -216,6 +216,19 @@ pub struct PausableDevice {
     nbdfuse: Option<std::process::Child>,
     nbdkit_pid: Option<i32>,
     pub loop_device: Option<LoopDevice>,
+    /// The hold control file of a write-holding device.
+    hold_control: Option<PathBuf>,
+}
+
+static HOLD_IDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// One offset a line.
+fn offsets_in(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 impl PausableDevice {
@@ -229,6 +242,57 @@ impl PausableDevice {
     /// alone while the others use the file directly.
     pub fn over_file(backing: &str) -> PausableDevice {
         PausableDevice::launch(&["file".to_string(), backing.to_string()])
+    }
+
+    /// Another path to `backing`, like [`PausableDevice::over_file`], whose
+    /// writes into one byte range can also be held back while reads and
+    /// other writes go on (nbdkit's python plugin running
+    /// tests/support/nbd/hold_writes.py): a write that sits in this host's
+    /// storage path and reaches the disk late.
+    pub fn over_file_holding_writes(backing: &str) -> PausableDevice {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/nbd/hold_writes.py");
+        let id = HOLD_IDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let control = std::env::temp_dir().join(format!("lh-hold-{}-{id}", std::process::id()));
+        let _ = std::fs::remove_file(&control);
+        let mut device = PausableDevice::launch(&[
+            "python".to_string(),
+            script.display().to_string(),
+            format!("file={backing}"),
+            format!("hold={}", control.display()),
+        ]);
+        device.hold_control = Some(control);
+        device
+    }
+
+    fn hold_path(&self, suffix: &str) -> PathBuf {
+        let control = self
+            .hold_control
+            .as_ref()
+            .expect("a device from over_file_holding_writes");
+        PathBuf::from(format!("{}{suffix}", control.display()))
+    }
+
+    /// From now on hold every write overlapping `[first_byte, end_byte)`.
+    pub fn hold_writes(&self, first_byte: u64, end_byte: u64) {
+        let _ = std::fs::remove_file(self.hold_path(".held"));
+        let _ = std::fs::remove_file(self.hold_path(".landed"));
+        std::fs::write(self.hold_path(""), format!("{first_byte} {end_byte}\n"))
+            .expect("write the hold control file");
+    }
+
+    /// Offsets of the writes being held (or held and since released).
+    pub fn writes_held(&self) -> Vec<u64> {
+        offsets_in(&self.hold_path(".held"))
+    }
+
+    /// Let the held writes go on to the file.
+    pub fn release_writes(&self) {
+        let _ = std::fs::remove_file(self.hold_path(""));
+    }
+
+    /// Offsets of the held writes that have reached the file since.
+    pub fn writes_landed(&self) -> Vec<u64> {
+        offsets_in(&self.hold_path(".landed"))
     }
 
     /// Make every I/O fail with EIO until `heal`.
@@ -252,6 +316,7 @@ impl PausableDevice {
             nbdfuse: None,
             nbdkit_pid: None,
             loop_device: None,
+            hold_control: None,
         };
         let trigger = dir_path_join(&device.dir.path, "inject-eio");
         let status = Command::new("nbdkit")
@@ -315,6 +380,11 @@ impl PausableDevice {
 
 impl Drop for PausableDevice {
     fn drop(&mut self) {
+        if let Some(control) = &self.hold_control {
+            for suffix in ["", ".held", ".landed"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", control.display()));
+            }
+        }
         if self.nbdkit_pid.is_some() {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.resume()));
         }

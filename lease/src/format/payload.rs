@@ -1,7 +1,9 @@
 //! The header of one copy of a resource's payload. A slot's payload area
 //! holds two copies (halves A and B), each a header sector followed by the
 //! data; a writer always overwrites the older copy, so a crash in the
-//! middle of a write leaves the newer complete one readable.
+//! middle of a write leaves the newer complete one readable. Each copy
+//! names the lease version it was written under, so that a write of a
+//! former holder that lands late loses to every write of a later holder.
 
 use super::record::{Decoder, Encoder, RecordKind, RECORD_SIZE_BYTES};
 use super::FormatError;
@@ -14,7 +16,8 @@ const DATA_CHECKSUM_OFFSET: usize = 84;
 const WRITER_OFFSET: usize = 88;
 const WRITER_GENERATION_OFFSET: usize = 96;
 const WRITER_NONCE_OFFSET: usize = 104;
-const RESERVED_OFFSET: usize = 112;
+const LVER_OFFSET: usize = 112;
+const RESERVED_OFFSET: usize = 120;
 
 /// One payload copy's header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +31,10 @@ pub struct PayloadHeader {
     pub data_checksum: u32,
     /// The lease holder that wrote it.
     pub writer: Owner,
+    /// The version of the slot's lease the writer held when it wrote (0 in
+    /// copies written before this field existed). Copies are ordered by
+    /// (lver, sequence).
+    pub lver: u64,
 }
 
 impl PayloadHeader {
@@ -40,6 +47,7 @@ impl PayloadHeader {
         e.u32(WRITER_OFFSET, self.writer.host_id.get());
         e.u64(WRITER_GENERATION_OFFSET, self.writer.generation);
         e.u64(WRITER_NONCE_OFFSET, self.writer.nonce);
+        e.u64(LVER_OFFSET, self.lver);
         e.seal(RecordKind::Payload, lockspace, sector_size_bytes)
     }
 
@@ -83,6 +91,7 @@ impl PayloadHeader {
                 generation: d.u64(WRITER_GENERATION_OFFSET),
                 nonce: d.u64(WRITER_NONCE_OFFSET),
             },
+            lver: d.u64(LVER_OFFSET),
         })
     }
 }
