@@ -37,11 +37,16 @@ pub fn watchdog_emu_bin() -> PathBuf {
 }
 
 /// Build one binary of the workspace in the test's own profile.
-/// The libvirt lock-manager plugin (a cdylib), built on first use.
+/// The libvirt lock-manager plugin (a cdylib), built on first use;
+/// `LEASEHOLD_TEST_LOCKDRIVER` names another build, like
+/// [`leaseholdd_bin`]'s variable.
 pub fn lockdriver_so() -> PathBuf {
     static SO: OnceLock<PathBuf> = OnceLock::new();
-    SO.get_or_init(|| build_artifact("leasehold-lockdriver", None, "libleasehold_lockdriver.so"))
-        .clone()
+    SO.get_or_init(|| match std::env::var_os("LEASEHOLD_TEST_LOCKDRIVER") {
+        Some(path) => PathBuf::from(path),
+        None => build_artifact("leasehold-lockdriver", None, "libleasehold_lockdriver.so"),
+    })
+    .clone()
 }
 
 /// The helper that plays libvirt's side of the lock plugin in tests.
