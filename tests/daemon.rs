@@ -3,7 +3,7 @@
 //! restart, and bad input on every door.
 
 use leasehold_daemon::protocol::{ErrorKind, Request};
-use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
+use leasehold_tests::daemon::{format_test_device, scribble_host_sector, Host, HostSpec};
 use leasehold_tests::{
     dead, leasehold, leasehold_ok, sparse_file, wait_for, wait_long, LoopDevice, Scratch,
 };
@@ -357,23 +357,6 @@ fn invalid_config_is_refused_before_the_device_is_touched() {
         .expect("run leaseholdd");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
-}
-
-/// Overwrite host `id`'s sector with garbage, as a stray writer would.
-fn scribble_host_sector(device: &str, id: u32) {
-    use std::io::{Seek, SeekFrom, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(device)
-        .expect("open device");
-    let geometry = lease::format::Geometry::new(512, 8, 16, 65536).expect("geometry");
-    let offset = geometry.host_offset_bytes(lease::HostId::new(id).expect("id"));
-    let mut buffer = lease::disk::AlignedBuffer::new(512).expect("buffer");
-    buffer.as_mut_slice().fill(0xA5);
-    file.seek(SeekFrom::Start(offset)).expect("seek");
-    file.write_all(buffer.as_slice()).expect("write garbage");
 }
 
 #[test]

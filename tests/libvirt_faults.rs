@@ -16,6 +16,7 @@
 
 use leasehold_daemon::placement::Priority;
 use leasehold_tests::cluster::{domstate, vm, Cluster, ClusterSpec};
+use leasehold_tests::daemon::scribble_host_sector;
 use leasehold_tests::libvirt_proxy::Faults;
 use leasehold_tests::wait_long;
 use std::process::Command;
@@ -92,10 +93,18 @@ impl Watch {
     }
 }
 
-fn on_two_hosts(samples: &[Sample]) -> Option<usize> {
-    samples
+/// No sample saw `name` running on two hosts at once.
+fn assert_never_on_two_hosts(c: &Cluster, samples: &[Sample], name: &str) {
+    let both = samples
         .iter()
-        .position(|(_, running)| running.iter().filter(|r| **r).count() > 1)
+        .position(|(_, running)| running.iter().filter(|r| **r).count() > 1);
+    if let Some(i) = both {
+        panic!(
+            "{name} ran on both hosts (sample {i} of {}); host 1 log:\n{}",
+            samples.len(),
+            c.host(1).log()
+        );
+    }
 }
 
 fn owner(c: &Cluster, via: u32, name: &str) -> Option<u32> {
@@ -140,32 +149,9 @@ fn a_start_whose_answer_is_lost_keeps_its_lease_and_runs_once() {
         owner(&c, 2, name),
         c.host(1).log()
     );
-    if let Some(i) = on_two_hosts(&samples) {
-        panic!(
-            "{name} ran on both hosts (sample {i} of {}); host 1 log:\n{}",
-            samples.len(),
-            c.host(1).log()
-        );
-    }
+    assert_never_on_two_hosts(&c, &samples, name);
     assert_ne!(domstate(&c.uri(2), name), "running");
     assert!(c.host(1).has_event("vm-start-unknown"));
-}
-
-/// Overwrite host `id`'s sector with garbage: its daemon self-fences.
-fn scribble_host_sector(device: &str, id: u32) {
-    use std::io::{Seek, SeekFrom, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(device)
-        .expect("open device");
-    let geometry = lease::format::Geometry::new(512, 8, 16, 65536).expect("geometry");
-    let offset = geometry.host_offset_bytes(lease::HostId::new(id).expect("id"));
-    let mut buffer = lease::disk::AlignedBuffer::new(512).expect("buffer");
-    buffer.as_mut_slice().fill(0xA5);
-    file.seek(SeekFrom::Start(offset)).expect("seek");
-    file.write_all(buffer.as_slice()).expect("write garbage");
 }
 
 #[test]
@@ -226,13 +212,7 @@ fn a_self_fence_during_a_start_gives_no_lease_up_before_the_start_returned() {
             .unwrap_or(0.0),
         c.host(1).log()
     );
-    if let Some(i) = on_two_hosts(&samples) {
-        panic!(
-            "{name} ran on both hosts (sample {i} of {}); host 1 log:\n{}",
-            samples.len(),
-            c.host(1).log()
-        );
-    }
+    assert_never_on_two_hosts(&c, &samples, name);
     assert!(returned.is_some(), "the held start never returned");
     assert!(
         moved.is_some(),

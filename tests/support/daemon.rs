@@ -77,6 +77,25 @@ pub fn format_test_device(path: &str) {
     ]);
 }
 
+/// Overwrite host `id`'s sector of a [`format_test_device`] device with
+/// garbage, as a stray writer would: its daemon self-fences, and nobody
+/// treats the sector as free.
+pub fn scribble_host_sector(device: &str, id: u32) {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device)
+        .expect("open device");
+    let geometry = lease::format::Geometry::new(512, 8, 16, 65536).expect("geometry");
+    let offset = geometry.host_offset_bytes(lease::HostId::new(id).expect("id"));
+    let mut buffer = lease::disk::AlignedBuffer::new(512).expect("buffer");
+    buffer.as_mut_slice().fill(0xA5);
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    file.write_all(buffer.as_slice()).expect("write garbage");
+}
+
 pub struct Host {
     pub spec: HostSpec,
     pub dir: PathBuf,
