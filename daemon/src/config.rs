@@ -291,6 +291,72 @@ impl Default for Failover {
 }
 
 impl Config {
+    /// The settings that differ between this configuration and `new` (the
+    /// file re-read), by the name an operator knows them by. Passwords are
+    /// compared, never shown.
+    pub fn changed_settings(&self, new: &Config) -> Vec<&'static str> {
+        let passwords = |c: &Config| -> Vec<(String, String)> {
+            c.passwords
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect()
+        };
+        let checks: [(&'static str, bool); 17] = [
+            ("host.id", self.host_id != new.host_id),
+            ("host.name", self.host_name != new.host_name),
+            ("lockspace.name", self.lockspace != new.lockspace),
+            ("lockspace.device", self.device != new.device),
+            (
+                "lockspace.io_timeout_ms",
+                self.io_timeout_ms != new.io_timeout_ms,
+            ),
+            ("lockspace.io_engine", self.io_engine != new.io_engine),
+            (
+                "lockspace.sector_size_bytes",
+                self.sector_size_bytes != new.sector_size_bytes,
+            ),
+            (
+                "control",
+                self.socket != new.socket || self.socket_group != new.socket_group,
+            ),
+            (
+                "watchdog.device",
+                self.watchdog_device != new.watchdog_device,
+            ),
+            (
+                "libvirt",
+                self.libvirt_uri != new.libvirt_uri
+                    || self.libvirt_call_timeout_ms != new.libvirt_call_timeout_ms,
+            ),
+            (
+                "paths",
+                self.run_dir != new.run_dir
+                    || self.state_dir != new.state_dir
+                    || self.event_log != new.event_log,
+            ),
+            (
+                "capacity",
+                self.memory_mib != new.memory_mib || self.vcpus != new.vcpus,
+            ),
+            (
+                "monitor.storage_incident_share",
+                self.storage_incident_share.to_bits() != new.storage_incident_share.to_bits(),
+            ),
+            ("failover", self.failover != new.failover),
+            (
+                "cluster.hosts",
+                format!("{:?}", self.cluster) != format!("{:?}", new.cluster),
+            ),
+            ("secrets", passwords(self) != passwords(new)),
+            ("file", self.file != new.file),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     pub fn timeouts(&self) -> Timeouts {
         Timeouts::from_io_timeout_ms(self.io_timeout_ms)
     }

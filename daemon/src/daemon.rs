@@ -9,9 +9,12 @@
 //! host whose renewal deadline passed self-fence at once, and pets the
 //! watchdog (and systemd's) only while every lockspace is healthy.
 //!
-//! SIGTERM: with lease holders still running, hand over (keep the leases,
-//! leave the watchdog armed, record everything for the next daemon);
-//! otherwise release every lease, leave, and disarm the watchdog.
+//! SIGTERM or SIGINT: with lease holders still running, hand over (keep
+//! the leases, leave the watchdog armed, record everything for the next
+//! daemon); otherwise release every lease, leave, and disarm the watchdog.
+//! SIGHUP re-reads the configuration file and reports what it would
+//! change (applied by a restart, which hands over); it never ends the
+//! daemon. Every end is logged with its reason.
 
 use crate::config::{Config, IoEngine};
 use crate::context::Context;
@@ -347,20 +350,101 @@ pub fn run(config: Config) -> Result<i32> {
         }
     }
     let _ = std::fs::remove_file(&config.socket);
+    tracing::info!(
+        "leaseholdd stopped with exit status {status}: {}",
+        if handover {
+            "leases handed over to the next daemon (holders still run)"
+        } else {
+            "every lease released"
+        }
+    );
     Ok(status)
 }
 
-/// Wait for SIGTERM/SIGINT (status 0) or a join that failed for good (1).
+/// SIGHUP: re-read the configuration file and say what differs. Nothing
+/// is applied while running: every setting either must not change under a
+/// live lease (host id, device, io_timeout) or is read once at start; a
+/// restart applies them and hands the leases over.
+fn reload(context: &Context) {
+    let file = &context.config.file;
+    let (level, message) = match crate::config::load(file) {
+        Err(e) => (
+            Level::Error,
+            format!(
+                "SIGHUP: {} is not a valid configuration ({e}); the running one stays, and a restart would fail: fix the file first",
+                file.display()
+            ),
+        ),
+        Ok(new) => {
+            let changed = context.config.changed_settings(&new);
+            if changed.is_empty() {
+                (
+                    Level::Info,
+                    format!("SIGHUP: {} re-read, valid and unchanged", file.display()),
+                )
+            } else {
+                let fixed: Vec<&str> = changed
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        matches!(
+                            *c,
+                            "host.id" | "lockspace.name" | "lockspace.device" | "lockspace.io_timeout_ms"
+                        )
+                    })
+                    .collect();
+                let warning = if fixed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} must not change while this host holds leases: stop its VMs and leases first",
+                        fixed.join(", ")
+                    )
+                };
+                (
+                    Level::Warn,
+                    format!(
+                        "SIGHUP: {} re-read and valid; changed: {}. Nothing is applied while running: `systemctl restart leaseholdd` applies it (a restart hands the leases over, VMs keep running){warning}",
+                        file.display(),
+                        changed.join(", ")
+                    ),
+                )
+            }
+        }
+    };
+    context
+        .events
+        .emit(level, &context.config.lockspace, "config-reload", message);
+}
+
+/// Wait for SIGTERM/SIGINT (status 0) or a join that failed for good (1);
+/// SIGHUP re-reads the configuration ([`reload`]).
 async fn wait_for_end(context: &Arc<Context>, primary: &Arc<Space>) -> Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut ready = false;
+    let stopping = |why: &str| {
+        context.events.emit(
+            Level::Info,
+            &context.config.lockspace,
+            "daemon-stopping",
+            format!("leaseholdd stopping: {why}"),
+        );
+    };
 
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(0),
-            _ = int.recv() => return Ok(0),
+            _ = term.recv() => {
+                stopping("SIGTERM");
+                return Ok(0);
+            }
+            _ = int.recv() => {
+                stopping("SIGINT");
+                return Ok(0);
+            }
+            _ = hup.recv() => reload(context),
             // Every 50 ms until READY, then every second.
             _ = tokio::time::sleep(Duration::from_millis(if ready { 1000 } else { 50 })) => {
                 let phase = primary.lock().phase.clone();
@@ -375,6 +459,7 @@ async fn wait_for_end(context: &Arc<Context>, primary: &Arc<Space>) -> Result<i3
                     }
                     Phase::Failed(reason) => {
                         tracing::error!("cannot hold lockspace {}: {reason}", context.config.lockspace);
+                        stopping(&format!("lockspace {} cannot be held ({reason}); exit status 1", context.config.lockspace));
                         return Ok(1);
                     }
                     _ => {}

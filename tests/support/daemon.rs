@@ -398,8 +398,19 @@ impl Host {
 
     /// SIGTERM the daemon and wait for it to exit; returns its status code.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.end_with(libc::SIGTERM)
+    }
+
+    /// Send `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        signal(self.daemon_pid(), sig);
+    }
+
+    /// Send `sig` to the daemon and wait (up to 60 s) for it to exit;
+    /// returns its status code (None when a signal ended it).
+    pub fn end_with(&mut self, sig: i32) -> Option<i32> {
         let mut daemon = self.daemon.take()?;
-        signal(child_pid(&daemon), libc::SIGTERM);
+        signal(child_pid(&daemon), sig);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = daemon.try_wait() {
@@ -407,7 +418,10 @@ impl Host {
             }
             if Instant::now() > deadline {
                 let _ = daemon.kill();
-                panic!("leaseholdd did not stop on SIGTERM; log:\n{}", self.log());
+                panic!(
+                    "leaseholdd did not stop on signal {sig}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,0 +1,104 @@
+//! Operator mistakes that must not defeat the protocols (issue 17), each
+//! on real daemons and a real loop device.
+
+use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
+use leasehold_tests::{sparse_file, wait_long, LoopDevice, Scratch};
+use std::time::Duration;
+
+const T_MS: u32 = 500;
+
+/// A fresh test lockspace on a loop device.
+struct Device {
+    root: std::path::PathBuf,
+    path: String,
+    _device: LoopDevice,
+    _scratch: Scratch,
+}
+
+fn device(label: &str) -> Device {
+    let scratch = Scratch::new(label);
+    let backing = scratch.file("lease.img");
+    sparse_file(&backing, 8 << 20);
+    let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    let path = device.path.clone();
+    format_test_device(&path);
+    Device {
+        root: scratch.path.clone(),
+        path,
+        _device: device,
+        _scratch: scratch,
+    }
+}
+
+fn event_message(host: &Host, kind: &str, nth: usize) -> Option<String> {
+    host.events()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .nth(nth)
+        .map(|e| e.message)
+}
+
+#[test]
+fn sighup_rereads_the_configuration_and_never_ends_the_daemon_and_sigint_stops_it_like_sigterm() {
+    let d = device("sighup");
+    let mut a = Host::start(&d.root, HostSpec::new(1, &d.path, T_MS));
+    a.wait_joined();
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire");
+    let generation = a.wait_joined().lockspaces[0].generation;
+
+    // Unchanged file: said so, nothing else happens.
+    a.signal(libc::SIGHUP);
+    let said = wait_long(Duration::from_secs(10), || {
+        event_message(&a, "config-reload", 0)
+    })
+    .unwrap_or_else(|| panic!("no config-reload event after SIGHUP\n{}", a.log()));
+    assert!(said.contains("unchanged"), "{said}");
+
+    // A changed setting and a changed io_timeout: named, not applied.
+    let text = std::fs::read_to_string(&a.config).expect("config");
+    let changed = text.replace("io_timeout_ms = 500", "io_timeout_ms = 1000")
+        + "\n[failover]\nrestart_attempts = 5\n";
+    std::fs::write(&a.config, changed).expect("write config");
+    a.signal(libc::SIGHUP);
+    let said = wait_long(Duration::from_secs(10), || {
+        event_message(&a, "config-reload", 1)
+    })
+    .expect("second config-reload");
+    assert!(said.contains("lockspace.io_timeout_ms"), "{said}");
+    assert!(said.contains("failover"), "{said}");
+    assert!(said.contains("must not change"), "{said}");
+
+    // A broken file: reported, the running configuration stays.
+    std::fs::write(&a.config, "this is not toml [").expect("write config");
+    a.signal(libc::SIGHUP);
+    let said = wait_long(Duration::from_secs(10), || {
+        event_message(&a, "config-reload", 2)
+    })
+    .expect("third config-reload");
+    assert!(said.contains("not a valid configuration"), "{said}");
+
+    // Through all of it the daemon kept its generation and the lease.
+    let status = a.wait_joined();
+    assert_eq!(status.lockspaces[0].generation, generation);
+    assert!(
+        status.lockspaces[0]
+            .resources
+            .iter()
+            .any(|r| r.name == "vm1"),
+        "{status:?}"
+    );
+    assert!(
+        matches!(holder.try_wait(), Ok(None)),
+        "the holder was killed"
+    );
+
+    // SIGINT: the same orderly stop as SIGTERM (a handover: the holder
+    // still runs), with the reason logged.
+    std::fs::write(&a.config, text).expect("restore config");
+    assert_eq!(a.end_with(libc::SIGINT), Some(0), "{}", a.log());
+    let said = event_message(&a, "daemon-stopping", 0).expect("daemon-stopping event");
+    assert!(said.contains("SIGINT"), "{said}");
+    assert!(a.has_event("handover"), "{:?}", a.events());
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
