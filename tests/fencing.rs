@@ -228,7 +228,16 @@ fn a_failing_fence_is_retried_loudly_and_nothing_is_taken_over() {
     victim.bmc.as_ref().expect("bmc").power_off_locally();
     assert!(wait_long(Duration::from_secs(5), || dead(&mut holder).then_some(())).is_some());
     let socket = survivors[0].socket.to_string_lossy().into_owned();
-    let confirm = leasehold(&["fence", "confirm", "host1", "--socket", &socket]);
+    // Without a terminal to answer the prompt: refused, nothing marked.
+    let unasked = leasehold(&["fence", "confirm", "host1", "--socket", &socket]);
+    assert!(!unasked.status.success());
+    assert!(
+        String::from_utf8_lossy(&unasked.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&unasked.stderr)
+    );
+    assert_eq!(count_events(survivors, "fence-confirmed"), 0);
+    let confirm = leasehold(&["fence", "confirm", "host1", "--socket", &socket, "--yes"]);
     assert!(
         confirm.status.success(),
         "{}",

@@ -1,8 +1,10 @@
 //! Operator mistakes that must not defeat the protocols (issue 17), each
 //! on real daemons and a real loop device.
 
+use leasehold_daemon::placement::Priority;
+use leasehold_tests::cluster::{domstate, vm, Cluster, ClusterSpec};
 use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
-use leasehold_tests::{sparse_file, wait_long, LoopDevice, Scratch};
+use leasehold_tests::{leasehold, sparse_file, wait_long, LoopDevice, Scratch};
 use std::time::Duration;
 
 const T_MS: u32 = 500;
@@ -101,4 +103,51 @@ fn sighup_rereads_the_configuration_and_never_ends_the_daemon_and_sigint_stops_i
     assert!(a.has_event("handover"), "{:?}", a.events());
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// `leasehold fence confirm|off HOST --yes` through host `via`'s socket.
+fn fence(c: &Cluster, via: u32, action: &str, host: &str) -> std::process::Output {
+    let socket = c.host(via).socket.display().to_string();
+    leasehold(&["fence", action, host, "--socket", &socket, "--yes"])
+}
+
+#[test]
+fn fencing_a_host_that_renews_is_refused_and_its_vm_runs_on_it_alone() {
+    let c = Cluster::start("fencelive", ClusterSpec::qemu(2, T_MS, 1024));
+    let name = "gr-web";
+    c.add_vm(2, None, (name, 1, 64), Priority::High, false)
+        .expect("vm add on host 2");
+    assert_eq!(domstate(&c.uri(2), name), "running");
+    for action in ["confirm", "off"] {
+        let out = fence(&c, 1, action, "host2");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        eprintln!("fence {action} host2 said: {}", stderr.trim());
+        assert_eq!(out.status.code(), Some(3), "fence {action}: {stderr}");
+        assert!(stderr.contains("is renewing its lease"), "{stderr}");
+        assert!(
+            stderr.contains("record changed between two reads"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        c.host(2).bmc.as_ref().expect("bmc").powered(),
+        "host 2 was powered off"
+    );
+    assert!(!c.host(1).has_event("fence-confirmed"));
+    // Hypervisor truth for longer than a restart takes: the VM runs on
+    // host 2 only, under host 2's lease.
+    for _ in 0..20 {
+        assert_eq!(domstate(&c.uri(2), name), "running");
+        assert_ne!(
+            domstate(&c.uri(1), name),
+            "running",
+            "the VM runs on both hosts"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let list = c.vm_list(1).expect("vm list");
+    assert_eq!(vm(&list, name).and_then(|v| v.owner_host_id), Some(2));
+    // Nor may a host fence itself.
+    let out = fence(&c, 2, "confirm", "host2");
+    assert!(!out.status.success());
 }

@@ -346,6 +346,28 @@ pub fn fencing_thread(space: Arc<Space>) {
 
 /// An operator's word that `victim` is powered off: write the FENCED mark
 /// for its current generation with method Manual.
+/// Is `victim` still renewing? Its record read twice, `interval_ms` (a
+/// renewal interval) apart: Some(what moved) when the two differ. An
+/// operator's `fence off` or `fence confirm` of a host that renews is
+/// refused: its VMs would run twice.
+pub fn still_renewing(
+    space: &Space,
+    victim: HostId,
+    interval_ms: u64,
+) -> Result<Option<String>, LeaseError> {
+    let (disk, ls) = space.open()?;
+    let first = run(ls.read_host_op(victim), disk.as_ref(), &SystemClock)?;
+    std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+    let second = run(ls.read_host_op(victim), disk.as_ref(), &SystemClock)?;
+    if first == second {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "its record changed between two reads {interval_ms} ms apart (generation {} timestamp {} ms, then generation {} timestamp {} ms)",
+        first.generation, first.timestamp_ms, second.generation, second.timestamp_ms
+    )))
+}
+
 pub fn confirm(space: &Space, victim: HostId) -> Result<u64, LeaseError> {
     mark(space, victim, FenceMethod::Manual)
 }

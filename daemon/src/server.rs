@@ -572,6 +572,11 @@ fn fence(context: &Context, host: &str, action: FenceAction) -> Reply {
         power: None,
         fenced_generation: None,
     };
+    if matches!(action, FenceAction::Off | FenceAction::Confirm) {
+        if let Err(refusal) = check_not_renewing(context, &space, &entry, victim, action) {
+            return refusal;
+        }
+    }
     if action == FenceAction::Confirm {
         return match crate::fencing::confirm(&space, victim) {
             Ok(generation) => {
@@ -654,6 +659,85 @@ fn fence(context: &Context, host: &str, action: FenceAction) -> Reply {
         }
         Err(e) => Reply::failure(ErrorKind::Storage, e.to_string()),
     }
+}
+
+/// An operator's `fence off` or `fence confirm` of `entry` goes ahead only
+/// for a host whose record stands still (read twice, a renewal interval
+/// apart); `confirm` moreover only for one this host's monitor already
+/// shows silent (or dead, fenced, left). Err is the refusal to send.
+fn check_not_renewing(
+    context: &Context,
+    space: &Space,
+    entry: &crate::config::ClusterHost,
+    victim: lease::HostId,
+    action: FenceAction,
+) -> Result<(), Reply> {
+    let verb = if action == FenceAction::Confirm {
+        "confirm"
+    } else {
+        "off"
+    };
+    if entry.id == context.config.host_id {
+        return Err(Reply::failure(
+            ErrorKind::Conflict,
+            format!(
+                "host {} ({}) is this host: `fence {verb}` is for another, silent host",
+                entry.id, entry.name
+            ),
+        ));
+    }
+    let seen = space
+        .status()
+        .hosts
+        .into_iter()
+        .find(|h| h.host_id == entry.id);
+    let last = seen
+        .as_ref()
+        .map(|h| {
+            format!(
+                "; this host's monitor shows it {} (record unchanged for {} ms)",
+                h.state, h.unchanged_for_ms
+            )
+        })
+        .unwrap_or_default();
+    let timeouts = lease::timeouts::Timeouts::from_io_timeout_ms(space.config.io_timeout_ms);
+    let interval_ms = timeouts.renew_interval_ms;
+    match crate::fencing::still_renewing(space, victim, interval_ms) {
+        Ok(Some(moved)) => {
+            return Err(Reply::failure(
+                ErrorKind::Busy,
+                format!(
+                    "refusing `fence {verb}` of host {} ({}): it is renewing its lease, {moved}{last}. Its VMs would run twice; stop it properly, or wait until it is silent",
+                    entry.id, entry.name
+                ),
+            ))
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return Err(Reply::failure(
+                ErrorKind::Storage,
+                format!(
+                    "refusing `fence {verb}` of host {} ({}): cannot read its record to check that it stopped renewing: {e}",
+                    entry.id, entry.name
+                ),
+            ))
+        }
+    }
+    let silent = seen
+        .as_ref()
+        .is_some_and(|h| matches!(h.state.as_str(), "silent" | "dead" | "fenced" | "left"));
+    if action == FenceAction::Confirm && !silent {
+        return Err(Reply::failure(
+            ErrorKind::Busy,
+            format!(
+                "refusing `fence confirm` of host {} ({}): storage does not show it silent yet{last}; a host is silent {} ms after its last renewal. Wait, then confirm",
+                entry.id,
+                entry.name,
+                timeouts.expiry_ms
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub fn status(context: &Context) -> StatusReply {

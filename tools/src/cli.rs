@@ -160,6 +160,10 @@ pub struct FenceArgs {
     pub action: FenceActionArg,
     /// The host: its name or id from the cluster section.
     pub host: String,
+    /// Do not ask before `off` or `confirm` (for scripts; without a
+    /// terminal they are refused unless given).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -301,14 +301,25 @@ pub fn fence(args: &crate::cli::FenceArgs) -> Result<()> {
         FenceActionArg::Status => FenceAction::Status,
         FenceActionArg::Off => FenceAction::Off,
         FenceActionArg::On => FenceAction::On,
-        FenceActionArg::Confirm => {
-            eprintln!(
-                "leasehold: warning: confirming that {} is powered off lets other hosts take its leases and restart its VMs; if it still runs, they run twice",
-                args.host
-            );
-            FenceAction::Confirm
-        }
+        FenceActionArg::Confirm => FenceAction::Confirm,
     };
+    let consequence = match args.action {
+        FenceActionArg::Off => Some(format!(
+            "power {} off through its fence device now: everything running on it dies at once, and the other hosts restart its HA VMs",
+            args.host
+        )),
+        FenceActionArg::Confirm => Some(format!(
+            "mark {} as powered off without touching any device: the other hosts take its leases and restart its VMs at once. Do this only if you powered it off yourself; if it still runs, its VMs run twice",
+            args.host
+        )),
+        _ => None,
+    };
+    if let Some(consequence) = consequence {
+        eprintln!("leasehold: warning: this will {consequence}");
+        if !args.yes {
+            confirm_on_terminal()?;
+        }
+    }
     let v = call(
         &args.daemon,
         &Request::Fence {
@@ -337,6 +348,29 @@ pub fn fence(args: &crate::cli::FenceArgs) -> Result<()> {
         _ => format!("{}: done", args.host),
     };
     print_result(&args.daemon, &v, text)
+}
+
+/// Ask y/N on the terminal; Err unless the answer is yes. Without a
+/// terminal, refuse: scripts say `--yes`.
+fn confirm_on_terminal() -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "not run from a terminal, so nobody can answer; pass --yes to go ahead without asking"
+        );
+    }
+    eprint!("Go ahead? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing done")
+    }
 }
 
 /// Register this process, acquire every resource, then exec the command:
