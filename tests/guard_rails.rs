@@ -151,3 +151,91 @@ fn fencing_a_host_that_renews_is_refused_and_its_vm_runs_on_it_alone() {
     let out = fence(&c, 2, "confirm", "host2");
     assert!(!out.status.success());
 }
+
+/// Wait up to `limit` for the daemon of `host` to exit; its status.
+fn exit_within(host: &mut Host, limit: Duration) -> Option<i32> {
+    let daemon = host.daemon.as_mut()?;
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_second_machine_with_a_host_id_in_use_is_refused_and_the_first_keeps_its_lease() {
+    let d = device("dupid");
+    let a = Host::start(&d.root, HostSpec::new(2, &d.path, T_MS));
+    let generation = a.wait_joined().lockspaces[0].generation;
+    let mut holder = a.spawn_holder(&["vm1"]).expect("acquire on the first host");
+
+    // The same configuration copied to another machine: same id, same name.
+    let other_root = d.root.join("copy");
+    std::fs::create_dir_all(&other_root).expect("dir");
+    let mut copy = Host::start(&other_root, HostSpec::new(2, &d.path, T_MS));
+    let status = exit_within(&mut copy, Duration::from_secs(30));
+    assert_eq!(
+        status,
+        Some(3),
+        "the copy did not exit with 3:\n{}",
+        copy.log()
+    );
+    let log = copy.log();
+    assert!(log.contains("host id 2 is in use by \"host2\""), "{log}");
+    assert!(log.contains(&d.path), "the device is not named: {log}");
+
+    // Another name, same id (`direct join`): refused too.
+    let out = leasehold(&[
+        "direct",
+        "join",
+        &d.path,
+        "--host-id",
+        "2",
+        "--host-name",
+        "intruder",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And `direct join` under the same name.
+    let out = leasehold(&[
+        "direct",
+        "join",
+        &d.path,
+        "--host-id",
+        "2",
+        "--host-name",
+        "host2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The first host never noticed: same generation, lease and holder.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = a.wait_joined();
+    assert_eq!(status.lockspaces[0].generation, generation, "{}", a.log());
+    assert!(!a.has_event("self-fence"), "{}", a.log());
+    assert!(
+        status.lockspaces[0]
+            .resources
+            .iter()
+            .any(|r| r.name == "vm1"),
+        "{status:?}"
+    );
+    assert!(
+        matches!(holder.try_wait(), Ok(None)),
+        "the holder was killed"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -417,7 +417,8 @@ fn reload(context: &Context) {
         .emit(level, &context.config.lockspace, "config-reload", message);
 }
 
-/// Wait for SIGTERM/SIGINT (status 0) or a join that failed for good (1);
+/// Wait for SIGTERM/SIGINT (status 0) or a join that failed for good (1;
+/// 3 when another host uses our host id);
 /// SIGHUP re-reads the configuration ([`reload`]).
 async fn wait_for_end(context: &Arc<Context>, primary: &Arc<Space>) -> Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -459,8 +460,9 @@ async fn wait_for_end(context: &Arc<Context>, primary: &Arc<Space>) -> Result<i3
                     }
                     Phase::Failed(reason) => {
                         tracing::error!("cannot hold lockspace {}: {reason}", context.config.lockspace);
-                        stopping(&format!("lockspace {} cannot be held ({reason}); exit status 1", context.config.lockspace));
-                        return Ok(1);
+                        let status = primary.failed_exit_status.load(Ordering::SeqCst);
+                        stopping(&format!("lockspace {} cannot be held ({reason}); exit status {status}", context.config.lockspace));
+                        return Ok(status);
                     }
                     _ => {}
                 }

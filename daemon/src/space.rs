@@ -229,6 +229,9 @@ pub struct Space {
     /// Set once the holders of a takeover that failed are confirmed gone:
     /// the next join raises the generation floor.
     floor_pending: std::sync::atomic::AtomicBool,
+    /// The daemon's exit status when the join failed for good: 3 when
+    /// another host uses our host id, else 1.
+    pub failed_exit_status: std::sync::atomic::AtomicI32,
 }
 
 fn clock() -> SystemClock {
@@ -268,6 +271,7 @@ impl Space {
             host_disk: Mutex::new(None),
             destroyed_vms: Mutex::new(std::collections::BTreeSet::new()),
             floor_pending: std::sync::atomic::AtomicBool::new(false),
+            failed_exit_status: std::sync::atomic::AtomicI32::new(1),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -661,6 +665,12 @@ impl Space {
                             self.config.name, self.config.device
                         ),
                     );
+                    let status = match error {
+                        LeaseError::HostIdInUse { .. } | LeaseError::HostIdNotFree { .. } => 3,
+                        _ => 1,
+                    };
+                    self.failed_exit_status
+                        .store(status, std::sync::atomic::Ordering::SeqCst);
                     self.set_phase(Phase::Failed(error.to_string()));
                     return None;
                 }

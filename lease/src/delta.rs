@@ -91,8 +91,11 @@ pub struct Renewal {
 /// must advertise a watchdog: then watch it until it has stood still for its
 /// `host_dead_ms` (failing at once if it moves); without a watchdog the join
 /// is refused ([`LeaseError::HostIdNotFree`]): it could be paused, not dead.
-/// A released, fenced or never-used sector, or our own name (a restart of
-/// this host after a crash), needs no watching. So every generation from
+/// A released, fenced or never-used sector needs no watching; our own name
+/// (a restart of this host after a crash) is watched for one renewal
+/// interval and one io_timeout, and a record that moves meanwhile refuses
+/// the join ([`LeaseError::HostIdInUse`]: another machine with our id and
+/// name). So every generation from
 /// the floor up to the current one always belongs to one host name. Then write our
 /// record, wait `acquire_settle_ms`, and re-read: if anything else is there,
 /// another process joined with the same id and we back off.
@@ -124,7 +127,11 @@ async fn join_inner(
         current.generation.saturating_add(1)
     } else if current.host_name == request.host_name {
         // Our own earlier incarnation, not released: it crashed. Its
-        // generation may still own leases (its VMs may run); keep it protected.
+        // generation may still own leases (its VMs may run); keep it
+        // protected. Unless it is still renewing: then another machine
+        // runs with our id and name (a copied configuration), and taking
+        // the sector would evict it.
+        refuse_if_renewing(port, space, &current).await?;
         current.generation_floor
     } else if current.flags.watchdog {
         wait_until_still(port, space, &current).await?;
@@ -192,6 +199,38 @@ async fn join_inner(
         raise_floor_at_ms: raise_floor_after_ms.map(|after| written_ms + after),
         previous: current,
     })
+}
+
+/// Watch a record that carries our own name for one renewal interval and
+/// one io_timeout of its writer (reads one io_timeout apart): a change
+/// means a live host uses this id, [`LeaseError::HostIdInUse`].
+async fn refuse_if_renewing(
+    port: &Port,
+    space: &Lockspace,
+    current: &HostRecord,
+) -> Result<(), LeaseError> {
+    let owner_timeouts = Timeouts::from_io_timeout_ms(current.io_timeout_ms);
+    let window_ms = owner_timeouts.renew_interval_ms + owner_timeouts.io_timeout_ms;
+    let deadline_ms = port.now_ms() + window_ms;
+    // window / io_timeout = 3 reads, plus slack for late wake-ups.
+    let reads_max = window_ms / owner_timeouts.io_timeout_ms + 2;
+    for _ in 0..reads_max {
+        let next_ms = (port.now_ms() + owner_timeouts.io_timeout_ms).min(deadline_ms);
+        port.sleep_until(next_ms).await;
+        let read_started_ms = port.now_ms();
+        let again = space.read_host(port, current.host_id).await?;
+        if again != *current {
+            return Err(LeaseError::HostIdInUse {
+                host_id: current.host_id,
+                owner_name: again.host_name,
+                generation: again.generation,
+            });
+        }
+        if read_started_ms >= deadline_ms {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Watch a record that may belong to a live host until it has stood still

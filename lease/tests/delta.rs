@@ -166,6 +166,57 @@ fn join_over_a_live_owner_fails() {
 }
 
 #[test]
+fn a_second_machine_with_our_id_and_name_is_refused_while_the_first_renews() {
+    let s = setup(4, 1);
+    let mut alpha = s
+        .run(delta::join(&s.space, join_request(1, "alpha")))
+        .expect("join alpha");
+    // A copied configuration: same id, same name, another machine (nonce).
+    let mut copy = join_request(1, "alpha");
+    copy.nonce += 1;
+    let mut op = delta::join(&s.space, copy);
+    let mut outcome = None;
+    let result = loop {
+        match op.step(s.clock.now_ms(), outcome.take()) {
+            Step::Done(result) => break result,
+            Step::Io(io) => outcome = Some(lease::op::perform(&s.disk, io)),
+            Step::WaitUntil(t) => {
+                s.clock.set_ms(t);
+                // alpha renews on its schedule while the copy watches.
+                if t >= alpha.last_renewal_ms + 2 * u64::from(IO_TIMEOUT_MS) {
+                    alpha = s
+                        .run(delta::renew(&s.space, &alpha, RenewRequest::default()))
+                        .expect("alpha renews")
+                        .lease;
+                }
+            }
+        }
+    };
+    match result {
+        Err(LeaseError::HostIdInUse { owner_name, .. }) => assert_eq!(owner_name, "alpha"),
+        other => panic!("expected HostIdInUse, got {other:?}"),
+    }
+    assert_eq!(read_host(&s, 1).generation, alpha.record.generation);
+}
+
+#[test]
+fn our_own_crashed_incarnation_is_joined_once_its_record_stood_still() {
+    let s = setup(4, 1);
+    let crashed = s
+        .run(delta::join(&s.space, join_request(1, "alpha")))
+        .expect("join alpha");
+    let started_ms = s.clock.now_ms();
+    let again = s
+        .run(delta::join(&s.space, join_request(1, "alpha")))
+        .expect("rejoin after a crash");
+    assert_eq!(again.record.generation, crashed.record.generation + 1);
+    // Its generation stays protected: the floor is not raised past it.
+    assert!(again.record.generation_floor <= crashed.record.generation);
+    // It watched one renewal interval and one io_timeout first.
+    assert!(s.clock.now_ms() >= started_ms + 3 * u64::from(IO_TIMEOUT_MS));
+}
+
+#[test]
 fn two_joiners_with_one_id_never_both_join() {
     for seed in 0..200 {
         let s = setup(4, 1);

@@ -21,6 +21,7 @@ pub fn code_for(error: &anyhow::Error) -> i32 {
     match lease_error {
         LeaseError::HeldByOther { .. }
         | LeaseError::HostIdInUse { .. }
+        | LeaseError::HostIdNotFree { .. }
         | LeaseError::Contention { .. } => BUSY,
         LeaseError::Corrupt { .. } | LeaseError::ClaimBlocked { .. } => UNUSABLE_SECTOR,
         LeaseError::DeltaLost { .. }
