@@ -9,6 +9,8 @@ fn formatted(scratch: &Scratch) -> String {
     leasehold_ok(&[
         "format",
         &path,
+        "--create",
+        "16M",
         "--lockspace",
         "clitest",
         "--max-hosts",
@@ -282,6 +284,8 @@ fn a_sector_from_another_lockspace_is_foreign() {
     leasehold_ok(&[
         "format",
         &other,
+        "--create",
+        "16M",
         "--lockspace",
         "elsewhere",
         "--max-hosts",

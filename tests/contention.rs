@@ -108,6 +108,7 @@ fn contend(device: &str) {
 fn one_winner_per_round_on_a_file() {
     let scratch = Scratch::new("contend-file");
     let path = scratch.file("lease.img");
+    sparse_file(&path, 1 << 20);
     contend(&path);
 }
 

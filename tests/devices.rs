@@ -224,6 +224,8 @@ fn a_512_byte_lockspace_on_a_4096_byte_device_does_not_open() {
     leasehold_ok(&[
         "format",
         &backing,
+        "--create",
+        "1M",
         "--lockspace",
         "small",
         "--max-hosts",

@@ -239,3 +239,132 @@ fn a_second_machine_with_a_host_id_in_use_is_refused_and_the_first_keeps_its_lea
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+fn format_args<'a>(path: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "format",
+        path,
+        "--lockspace",
+        "test",
+        "--max-hosts",
+        "8",
+        "--max-resources",
+        "16",
+        "--io-timeout",
+        "0.5",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn format_never_creates_a_file_for_a_missing_device_and_creates_one_only_when_asked() {
+    // A mistyped device name: refused, with or without --create.
+    let typo = format!("/dev/sdz-leasehold-typo-{}", std::process::id());
+    for extra in [&[][..], &["--create", "16M"][..]] {
+        let out = leasehold(&format_args(&typo, extra));
+        assert!(!out.status.success(), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+        assert!(
+            !std::path::Path::new(&typo).exists(),
+            "a file appeared in /dev"
+        );
+    }
+    // Elsewhere: only with --create, and at least the size the layout needs.
+    let scratch = Scratch::new("fmtcreate");
+    let path = scratch.file("new.img");
+    let out = leasehold(&format_args(&path, &[]));
+    assert!(stderr(&out).contains("--create SIZE"), "{}", stderr(&out));
+    assert!(!std::path::Path::new(&path).exists());
+    let out = leasehold(&format_args(&path, &["--create", "4K"]));
+    assert!(stderr(&out).contains("needs at least"), "{}", stderr(&out));
+    let out = leasehold(&format_args(&path, &["--create", "16M"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&path).expect("created").len(), 16 << 20);
+}
+
+#[test]
+fn format_refuses_a_filesystem_or_partition_table_without_force() {
+    let scratch = Scratch::new("fmtsig");
+    // ext4 on a loop device.
+    let backing = scratch.file("ext4.img");
+    sparse_file(&backing, 16 << 20);
+    let ext4 = LoopDevice::attach(&backing, 512).expect("loop device");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", &ext4.path])
+        .status()
+        .expect("mkfs.ext4 (apt-get install e2fsprogs)");
+    assert!(made.success());
+    let out = leasehold(&format_args(&ext4.path, &[]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("ext2/ext3/ext4 filesystem"),
+        "{}",
+        stderr(&out)
+    );
+    let out = leasehold(&format_args(&ext4.path, &["--force"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A GPT partition table in a file.
+    let disk = scratch.file("gpt.img");
+    sparse_file(&disk, 16 << 20);
+    let mut sfdisk = std::process::Command::new("sfdisk")
+        .args(["--quiet", "--label", "gpt", &disk])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (apt-get install fdisk)");
+    {
+        use std::io::Write;
+        let mut input = sfdisk.stdin.take().expect("stdin");
+        input.write_all(b",,L\n").expect("partition");
+    }
+    assert!(sfdisk.wait().expect("sfdisk").success());
+    let out = leasehold(&format_args(&disk, &[]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("GPT partition table"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn format_over_a_lockspace_with_renewing_hosts_is_refused_even_with_force() {
+    let d = device("fmtlive");
+    let mut hosts = vec![
+        Host::start(&d.root, HostSpec::new(1, &d.path, T_MS)),
+        Host::start(&d.root, HostSpec::new(2, &d.path, T_MS)),
+    ];
+    let generations: Vec<u64> = hosts
+        .iter()
+        .map(|h| h.wait_joined().lockspaces[0].generation)
+        .collect();
+    let out = leasehold(&format_args(&d.path, &[]));
+    assert!(
+        stderr(&out).contains("already holds lockspace"),
+        "{}",
+        stderr(&out)
+    );
+    let out = leasehold(&format_args(&d.path, &["--force"]));
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(said.contains("renewing"), "{said}");
+    assert!(
+        said.contains("host 1 (host1)") && said.contains("host 2 (host2)"),
+        "{said}"
+    );
+    // Nobody noticed.
+    for (h, generation) in hosts.iter().zip(&generations) {
+        assert_eq!(h.wait_joined().lockspaces[0].generation, *generation);
+        assert!(!h.has_event("self-fence"), "{}", h.log());
+    }
+    // Once they have left, --force is enough.
+    for h in &mut hosts {
+        assert_eq!(h.terminate(), Some(0));
+    }
+    let out = leasehold(&format_args(&d.path, &["--force"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 # pkg-config) to build the daemon's libvirt client.
 packages=()
 command -v losetup >/dev/null || packages+=(util-linux)
+# Real filesystems and partition tables for format's refusals
+# (tests/guard_rails.rs).
+command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
+command -v sfdisk >/dev/null || packages+=(fdisk)
 command -v nbdkit >/dev/null || packages+=(nbdkit)
 command -v nbdfuse >/dev/null || packages+=(libnbd-bin)
 # nbdkit's python plugin runs tests/support/nbd/hold_writes.py (a storage

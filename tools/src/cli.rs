@@ -333,9 +333,37 @@ pub struct FormatArgs {
     /// Default io_timeout of the lockspace, in seconds (0.1 to 300).
     #[arg(long, default_value = "1", value_parser = parse_seconds_ms)]
     pub io_timeout: u32,
-    /// Overwrite an existing lease device.
+    /// Overwrite what the device holds: a lockspace nobody renews, a
+    /// filesystem, a partition table, LVM, RAID, ...
     #[arg(long)]
     pub force: bool,
+    /// With --force: overwrite even a lockspace whose hosts are renewing
+    /// (every one of them self-fences and the VM registry is lost).
+    #[arg(long, requires = "force")]
+    pub force_live: bool,
+    /// Create the regular file PATH of SIZE bytes (K, M, G, T suffixes)
+    /// when it does not exist; without it a missing path is refused.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub create: Option<u64>,
+}
+
+/// "16M", "1G", "4096": bytes, with binary K/M/G/T suffixes.
+fn parse_size_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        Some((i, 'T' | 't')) => (&text[..i], 40),
+        _ => (text, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 16M, 1G, 1048576)"))?;
+    value
+        .checked_mul(1u64 << shift)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a usable size"))
 }
 
 #[derive(Args, Debug)]
