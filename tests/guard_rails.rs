@@ -368,3 +368,22 @@ fn format_over_a_lockspace_with_renewing_hosts_is_refused_even_with_force() {
     let out = leasehold(&format_args(&d.path, &["--force"]));
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn the_demo_refuses_a_non_empty_directory_it_did_not_make() {
+    let scratch = Scratch::new("demodir");
+    let precious = scratch.path.join("precious.txt");
+    std::fs::write(&precious, "keep me").expect("write");
+    let dir = scratch.path.display().to_string();
+    let out = leasehold(&["demo", "--dir", &dir]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("was not made by `leasehold demo`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("still there"),
+        "keep me"
+    );
+}

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The file that marks a directory as the demo's own.
+const DEMO_MARK: &str = ".leasehold-demo";
+
 const START_BMC: &str = include_str!("../simbmc/start_bmc.sh");
 const CHASSIS_CONTROL: &str = include_str!("../simbmc/chassis_control.sh");
 const LAN_CONF: &str = include_str!("../simbmc/lan.conf.template");
@@ -158,10 +161,16 @@ impl Demo {
             bail!("ipmi_sim not found: install it with `apt-get install openipmi` (tools/demo.sh does)");
         }
         let dir = PathBuf::from(&args.dir);
+        Demo::check_ours(&dir)?;
         Demo::clear_leftovers(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("simbmc"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(
+            dir.join(DEMO_MARK),
+            "made by `leasehold demo`; wiped by its next run\n",
+        )
+        .with_context(|| format!("cannot write {}", dir.join(DEMO_MARK).display()))?;
         for (name, text) in [
             ("start_bmc.sh", START_BMC),
             ("chassis_control.sh", CHASSIS_CONTROL),
@@ -195,6 +204,21 @@ impl Demo {
             keep: args.keep,
             hosts,
         })
+    }
+
+    /// The demo wipes its directory first: only one that does not exist,
+    /// is empty, or carries the mark of an earlier demo run.
+    fn check_ours(dir: &Path) -> Result<()> {
+        let Ok(mut entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        if entries.next().is_none() || dir.join(DEMO_MARK).is_file() {
+            return Ok(());
+        }
+        bail!(
+            "{} is not empty and was not made by `leasehold demo` (no {DEMO_MARK} in it); the demo wipes its directory, so give it a new or empty one with --dir",
+            dir.display()
+        )
     }
 
     /// Stop what an interrupted earlier run in `dir` left running.
