@@ -387,3 +387,50 @@ fn the_demo_refuses_a_non_empty_directory_it_did_not_make() {
         "keep me"
     );
 }
+
+#[test]
+fn check_config_catches_what_would_only_fail_at_the_first_failover() {
+    let scratch = Scratch::new("preflight");
+    let write = |name: &str, text: &str| {
+        let path = scratch.file(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let base =
+        "[host]\nid = 1\nname = \"hv01\"\n[lockspace]\nname = \"prod\"\ndevice = \"/dev/sdb\"\n";
+    let check = |path: &str| {
+        std::process::Command::new(leasehold_tests::leaseholdd_bin())
+            .args(["--check-config", "--config", path])
+            .output()
+            .expect("run leaseholdd")
+    };
+    let bad = write(
+        "bad.toml",
+        &format!("{base}[watchdog]\ndevice = \"/dev/no-such-watchdog\"\n[[cluster.hosts]]\nid = 2\nname = \"hv02\"\nfence = {{ method = \"agent\", agent = \"fence_no_such_agent\" }}\n"),
+    );
+    let out = check(&bad);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    for expected in [
+        "/dev/no-such-watchdog does not exist",
+        "not in [[cluster.hosts]]",
+        "fence_no_such_agent, which is not installed",
+        "no password for it",
+    ] {
+        assert!(said.contains(expected), "missing {expected:?} in: {said}");
+    }
+    let bare = write("bare.toml", base);
+    let out = check(&bare);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("neither a fence device nor a watchdog"),
+        "{}",
+        stderr(&out)
+    );
+    let good = write(
+        "good.toml",
+        &format!("{base}[watchdog]\ndevice = \"/dev/null\"\n[[cluster.hosts]]\nid = 1\nname = \"hv01\"\nfence = {{ method = \"agent\", agent = \"fence_scsi\", options = {{ devices = \"/dev/sdb\" }} }}\n"),
+    );
+    let out = check(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

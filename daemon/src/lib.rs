@@ -18,6 +18,7 @@
 //!   thread that elects one fencer per silent host.
 //! - [`placement`], [`registry`]: restart placement and admission control;
 //!   the VM records stored in resource payloads (failover, in progress).
+//! - [`preflight`]: `--check-config`'s checks beyond the file's validity.
 //! - [`domain_lease`]: a HA VM's domain XML with its `<lease>`, as the VM
 //!   manager starts it (the lock plugin then asks this daemon for it).
 
@@ -36,6 +37,7 @@ pub mod holders;
 pub mod hypervisor;
 pub mod monitor;
 pub mod placement;
+pub mod preflight;
 pub mod protocol;
 pub mod registry;
 pub mod server;

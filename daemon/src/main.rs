@@ -41,6 +41,18 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        let problems = leasehold_daemon::preflight::problems(&config);
+        if !problems.is_empty() {
+            for problem in &problems {
+                eprintln!("leaseholdd: {problem}");
+            }
+            eprintln!(
+                "leaseholdd: {}: {} problem(s); the configuration parses, but fix these before relying on it",
+                args.config.display(),
+                problems.len()
+            );
+            return ExitCode::from(2);
+        }
         println!(
             "{}: valid (host {} {:?}, lockspace {:?} on {}, io_timeout {} ms, watchdog {})",
             args.config.display(),
