@@ -443,13 +443,17 @@ mod tests {
 
     #[test]
     fn a_call_past_its_timeout_is_abandoned_and_later_calls_are_bounded() {
-        let mut libvirt = Libvirt::new("test:///default", 200);
+        // Long enough for a connect on a loaded machine; the hung calls
+        // sleep well past it.
+        const TIMEOUT_MS: u64 = 1500;
+        const HANG_MS: u64 = 4 * TIMEOUT_MS;
+        let mut libvirt = Libvirt::new("test:///default", TIMEOUT_MS);
         assert!(libvirt.call("inspect", |h| h.running()).is_ok());
         // A call that hangs past the timeout: unknown outcome, and its
         // result still arrives later.
         let pending = libvirt
             .submit("start", |_| {
-                std::thread::sleep(Duration::from_millis(3000));
+                std::thread::sleep(Duration::from_millis(HANG_MS));
                 Ok(7)
             })
             .expect("submitted");
@@ -461,7 +465,7 @@ mod tests {
         assert!(libvirt.call("inspect", |h| h.running()).is_ok());
         let second = libvirt
             .submit("start", |_| {
-                std::thread::sleep(Duration::from_millis(3000));
+                std::thread::sleep(Duration::from_millis(HANG_MS));
                 Ok(8)
             })
             .expect("submitted");
@@ -473,7 +477,7 @@ mod tests {
             "{refused}"
         );
         assert!(!refused.outcome_unknown());
-        std::thread::sleep(Duration::from_millis(3500));
+        std::thread::sleep(Duration::from_millis(HANG_MS + 500));
         assert_eq!(pending.poll(libvirt.uri()).map(|r| r.ok()), Some(Some(7)));
         assert_eq!(libvirt.hung_calls(), 0);
         assert!(libvirt.call("inspect", |h| h.running()).is_ok());
