@@ -434,3 +434,74 @@ fn check_config_catches_what_would_only_fail_at_the_first_failover() {
     let out = check(&good);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn the_registry_exported_before_a_mistaken_format_is_imported_back() {
+    let c = Cluster::start("backup", ClusterSpec::test_driver(T_MS, 2048));
+    c.add_vm(1, None, ("bk-web", 1, 256), Priority::High, false)
+        .expect("add web");
+    c.add_vm(1, None, ("bk-db", 2, 256), Priority::Low, false)
+        .expect("add db");
+    let stop = c
+        .host(1)
+        .call(&leasehold_daemon::protocol::Request::VmStop {
+            vm: "bk-db".to_string(),
+        });
+    assert!(stop.ok, "{:?}", stop.error);
+    let socket = c.host(1).socket.display().to_string();
+    let out = leasehold(&["vm", "export", "--socket", &socket]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let backup = c.scratch.file("registry.json");
+    std::fs::write(&backup, &out.stdout).expect("save export");
+
+    // Every host powered off, then the device formatted over.
+    let device = c.host(1).spec.device.clone();
+    for h in &c.hosts {
+        h.bmc.as_ref().expect("bmc").power_off_locally();
+    }
+    let out = leasehold(&format_args(&device, &["--force"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for h in &c.hosts {
+        h.bmc.as_ref().expect("bmc").power_on_locally();
+    }
+    for h in &c.hosts {
+        h.wait_joined();
+    }
+    assert_eq!(
+        c.vm_list(1).map(|l| l.vms.len()),
+        Some(0),
+        "the registry is gone"
+    );
+
+    // A damaged backup is refused whole.
+    let damaged = c.scratch.file("damaged.json");
+    let text = std::fs::read_to_string(&backup).expect("backup");
+    std::fs::write(&damaged, text.replacen("256", "257", 1)).expect("write");
+    let out = leasehold(&["vm", "import", &damaged, "--socket", &socket]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
+    assert_eq!(c.vm_list(1).map(|l| l.vms.len()), Some(0));
+
+    // The backup itself: both VMs back, web running again, db stopped.
+    let out = leasehold(&["vm", "import", &backup, "--socket", &socket]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let running = wait_long(Duration::from_secs(60), || {
+        let list = c.vm_list(2)?;
+        let web = vm(&list, "bk-web")?;
+        (web.state == "running").then_some(())
+    });
+    assert!(
+        running.is_some(),
+        "web did not run again: {:?}",
+        c.vm_list(2)
+    );
+    let list = c.vm_list(2).expect("list");
+    let db = vm(&list, "bk-db").expect("db imported");
+    assert_eq!(db.state, "stopped", "{db:?}");
+    assert_eq!(db.priority, Some(Priority::Low));
+    // A second import changes nothing: every VM is already registered.
+    let out = leasehold(&["vm", "import", &backup, "--socket", &socket]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("skipped"));
+    assert_eq!(c.vm_list(2).map(|l| l.vms.len()), Some(2));
+}

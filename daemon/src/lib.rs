@@ -18,10 +18,12 @@
 //!   thread that elects one fencer per silent host.
 //! - [`placement`], [`registry`]: restart placement and admission control;
 //!   the VM records stored in resource payloads (failover, in progress).
+//! - [`backup`]: the registry export and import document.
 //! - [`preflight`]: `--check-config`'s checks beyond the file's validity.
 //! - [`domain_lease`]: a HA VM's domain XML with its `<lease>`, as the VM
 //!   manager starts it (the lock plugin then asks this daemon for it).
 
+pub mod backup;
 pub mod capacity;
 pub mod client;
 pub mod config;

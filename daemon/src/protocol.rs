@@ -118,6 +118,13 @@ pub enum Request {
     VmMigrate { vm: String, host: String },
     /// Forget a stopped VM: its record and lease slot are freed.
     VmRemove { vm: String },
+    /// Every usable VM record, for a backup
+    /// ([`crate::backup::RegistryExport`]).
+    VmExport {},
+    /// Write one exported record back into a free slot (the VM is then
+    /// handled like any other: restarted by the plan if wanted running).
+    /// A VM registered under its name or UUID already is refused.
+    VmImport { record: crate::registry::VmRecord },
 }
 
 /// One HA VM as `vm_list` reports it.

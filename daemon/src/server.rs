@@ -537,7 +537,9 @@ async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
         | Request::VmStart { .. }
         | Request::VmStop { .. }
         | Request::VmMigrate { .. }
-        | Request::VmRemove { .. }) => vm_request(context, request).await,
+        | Request::VmRemove { .. }
+        | Request::VmExport {}
+        | Request::VmImport { .. }) => vm_request(context, request).await,
     }
 }
 

@@ -1015,6 +1015,8 @@ impl VmManager {
             Request::VmStop { vm } => self.stop(&vm).map(Reply::success),
             Request::VmMigrate { vm, host } => self.migrate(&vm, &host).map(Reply::success),
             Request::VmRemove { vm } => self.remove(&vm).map(Reply::success),
+            Request::VmExport {} => self.export().map(Reply::success),
+            Request::VmImport { record } => self.import(record).map(Reply::success),
             _ => Err(Refusal(
                 ErrorKind::BadRequest,
                 "not a vm request".to_string(),
@@ -1123,6 +1125,83 @@ impl VmManager {
         Ok(VmListReply {
             vms: entries.iter().map(|e| self.status_of(e, &hosts)).collect(),
             headroom: Some(headroom),
+        })
+    }
+
+    /// Every usable record, for `vm export`; unusable slots are named.
+    fn export(&mut self) -> Outcome<crate::backup::RegistryExport> {
+        let (entries, _) = self.fresh()?;
+        let mut vms = Vec::new();
+        let mut unusable = Vec::new();
+        for entry in &entries {
+            match &entry.record {
+                Ok(record) => vms.push(record.clone()),
+                Err(e) => unusable.push(format!("slot {} ({}): {e}", entry.slot, entry.name)),
+            }
+        }
+        Ok(crate::backup::RegistryExport::new(
+            &self.space.config.name,
+            vms,
+            unusable,
+        ))
+    }
+
+    /// `vm import` of one record: into a free slot, under its lease, which
+    /// is then given back; the VM is from then on like any other (wanted
+    /// running and not running: the plan restarts it). Not over a VM of
+    /// the same name or UUID.
+    fn import(&mut self, record: VmRecord) -> Outcome<VmActionReply> {
+        // The same checks as a record read from the device.
+        let record = VmRecord::decode(&record.encode())
+            .map_err(|e| Refusal(ErrorKind::BadRequest, e.to_string()))?;
+        let capacity = payload::capacity_bytes(&self.device()?.1.geometry);
+        if record.encode().len() > usize::try_from(capacity).unwrap_or(usize::MAX) {
+            return Err(Refusal(
+                ErrorKind::BadRequest,
+                format!(
+                    "the VM record of {} takes {} bytes; a slot's payload holds {capacity}",
+                    record.name,
+                    record.encode().len()
+                ),
+            ));
+        }
+        let (entries, _) = self.fresh()?;
+        if let Some(existing) = entries.iter().find(|e| {
+            e.name == record.name || e.record.as_ref().is_ok_and(|r| r.uuid == record.uuid)
+        }) {
+            return Err(Refusal(
+                ErrorKind::Conflict,
+                format!(
+                    "{} is already registered (slot {}, as {}): not imported",
+                    record.name, existing.slot, existing.name
+                ),
+            ));
+        }
+        self.acquire(&record.name, &record.uuid)?;
+        let slot = self.slot_of(&record.name)?;
+        if let Err(e) = self.write_record(slot, &record) {
+            let _ = self.release(&record.name, &record.uuid, true);
+            return Err(e);
+        }
+        self.release(&record.name, &record.uuid, false)?;
+        self.emit(
+            Level::Info,
+            "vm-imported",
+            format!(
+                "{} ({}) imported into slot {slot}, wanted {}",
+                record.name,
+                record.uuid,
+                if record.desired == DesiredState::Running {
+                    "running"
+                } else {
+                    "stopped"
+                }
+            ),
+        );
+        Ok(VmActionReply {
+            message: format!("{} imported into slot {slot}", record.name),
+            vm: record.name,
+            warning: None,
         })
     }
 

@@ -84,6 +84,12 @@ pub enum VmCommand {
     Migrate(VmMigrateArgs),
     /// Forget a stopped VM: its record and lease slot are freed.
     Remove(VmNameArgs),
+    /// Print every HA VM's record as one checksummed JSON document (a
+    /// backup of the registry: `leasehold vm export > registry.json`).
+    Export(DaemonArgs),
+    /// Register the VMs of an export again (after a mistaken format, or on
+    /// a new device); VMs already registered are skipped.
+    Import(VmImportArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +136,14 @@ pub struct VmStartArgs {
     /// The host to start it on (name or id); default: this host.
     #[arg(long)]
     pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VmImportArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The file `leasehold vm export` wrote.
+    pub file: String,
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 use crate::cli::{PriorityArg, RestartArg, VmCommand};
 use crate::control::{call, print_json, print_result};
 use anyhow::{Context, Result};
+use leasehold_daemon::backup::RegistryExport;
 use leasehold_daemon::placement::{Headroom, Priority};
 use leasehold_daemon::protocol::{Request, VmActionReply, VmListReply};
 use leasehold_daemon::registry::RestartPolicy;
@@ -45,7 +46,71 @@ pub fn run(command: &VmCommand) -> Result<()> {
             },
         ),
         VmCommand::Remove(a) => action(&a.daemon, &Request::VmRemove { vm: a.vm.clone() }),
+        VmCommand::Export(args) => export(args),
+        VmCommand::Import(a) => import(a),
     }
+}
+
+/// `vm export`: the document on stdout, what could not be exported on
+/// stderr.
+fn export(args: &crate::cli::DaemonArgs) -> Result<()> {
+    let value = call(args, &Request::VmExport {})?;
+    let export: RegistryExport =
+        serde_json::from_value(value).context("unexpected vm export reply")?;
+    export
+        .verify()
+        .context("the daemon's export does not verify")?;
+    for problem in &export.unusable {
+        eprintln!("leasehold: warning: not exported: {problem}");
+    }
+    println!("{}", serde_json::to_string_pretty(&export)?);
+    eprintln!(
+        "leasehold: exported {} VM record(s) of lockspace {}",
+        export.vms.len(),
+        export.lockspace
+    );
+    Ok(())
+}
+
+/// `vm import FILE`: verified whole first, then one record at a time.
+fn import(a: &crate::cli::VmImportArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&a.file).with_context(|| format!("cannot read {}", a.file))?;
+    let export: RegistryExport = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a registry export", a.file))?;
+    export
+        .verify()
+        .with_context(|| format!("{}: refusing to import", a.file))?;
+    let mut failed = 0;
+    for record in &export.vms {
+        let name = record.name.clone();
+        match call(
+            &a.daemon,
+            &Request::VmImport {
+                record: record.clone(),
+            },
+        ) {
+            Ok(_) => println!("{name}: imported"),
+            Err(e) => {
+                let skipped = e
+                    .downcast_ref::<crate::control::DaemonRefused>()
+                    .is_some_and(|r| r.kind == leasehold_daemon::protocol::ErrorKind::Conflict);
+                if skipped {
+                    println!("{name}: skipped: {e}");
+                } else {
+                    eprintln!("leasehold: {name}: {e:#}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} record(s) could not be imported (see above); run the import again once fixed: imported ones are skipped",
+            export.vms.len()
+        );
+    }
+    Ok(())
 }
 
 fn action(args: &crate::cli::DaemonArgs, request: &Request) -> Result<()> {
