@@ -128,6 +128,7 @@ fn main() {
         proxied: Vec::new(),
         libvirt_call_timeout_ms: None,
         held_paths: Vec::new(),
+        extra: String::new(),
     };
     println!(
         "failover: {runs} runs, 3 hosts, 3 VMs on the powered-off host, io_timeout {io_timeout_ms} ms, {}",

@@ -505,3 +505,53 @@ fn the_registry_exported_before_a_mistaken_format_is_imported_back() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("skipped"));
     assert_eq!(c.vm_list(2).map(|l| l.vms.len()), Some(2));
 }
+
+#[test]
+fn a_fence_device_that_stops_answering_is_reported_before_any_failover() {
+    let mut spec = ClusterSpec::test_driver(T_MS, 2048);
+    spec.extra = "[monitor]\nfence_check_interval_ms = 2000\n".to_string();
+    let c = Cluster::start("fencehealth", spec);
+    let checks_ok = wait_long(Duration::from_secs(30), || {
+        let checks = c.host(1).status()?.fence_checks;
+        (checks.len() == 2 && checks.iter().all(|c| c.ok)).then_some(checks)
+    })
+    .unwrap_or_else(|| panic!("no fence checks on host 1: {:?}", c.host(1).status()));
+    assert_eq!(
+        checks_ok.iter().map(|c| c.host_id).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    // Host 3's BMC dies; host 3 itself runs on.
+    c.host(3).bmc.as_ref().expect("bmc").kill_bmc_only();
+    let failed = wait_long(Duration::from_secs(30), || {
+        c.host(1)
+            .events()
+            .into_iter()
+            .find(|e| e.kind == "fence-device-failed")
+    })
+    .unwrap_or_else(|| panic!("no fence-device-failed event\n{}", c.host(1).log()));
+    assert!(
+        failed.message.contains("host 3 (host3)"),
+        "{}",
+        failed.message
+    );
+    let status = c.host(1).status().expect("status");
+    let three = status
+        .fence_checks
+        .iter()
+        .find(|c| c.host_id == 3)
+        .expect("host 3 checked");
+    assert!(!three.ok && three.error.is_some(), "{three:?}");
+    assert!(status.fence_checks.iter().any(|c| c.host_id == 2 && c.ok));
+    // `leasehold status` shows it, and `fence status` fails for it.
+    let socket = c.host(1).socket.display().to_string();
+    let out = leasehold(&["status", "--socket", &socket]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("fence device of host 3 (host3)") && shown.contains("FAILING"),
+        "{shown}"
+    );
+    let out = leasehold(&["fence", "status", "host3", "--socket", &socket]);
+    assert!(!out.status.success());
+    // Nothing was fenced or taken: host 3 renews on.
+    assert!(c.host(1).host_state(3).is_some_and(|h| h.state == "live"));
+}

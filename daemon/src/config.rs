@@ -20,6 +20,9 @@ pub const DEFAULT_LIBVIRT_CALL_TIMEOUT_MS: u64 = 30_000;
 /// Share of hosts that may go silent within one expiry window before it is
 /// taken as a storage or network incident rather than host failures.
 pub const DEFAULT_STORAGE_INCIDENT_SHARE: f64 = 0.5;
+/// `monitor.fence_check_interval_ms`: each other host's fence device is
+/// checked every 5 minutes.
+pub const DEFAULT_FENCE_CHECK_INTERVAL_MS: u64 = 300_000;
 /// Admission control keeps room for every HA VM after this many host losses.
 pub const DEFAULT_HOST_FAILURES_TO_TOLERATE: u32 = 1;
 /// How long the next host in a VM's restart order waits for the one before
@@ -121,6 +124,7 @@ struct FileCapacity {
 #[serde(deny_unknown_fields)]
 struct FileMonitor {
     storage_incident_share: Option<f64>,
+    fence_check_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -266,6 +270,8 @@ pub struct Config {
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
     pub storage_incident_share: f64,
+    /// How often each other host's fence device is checked (0: never).
+    pub fence_check_interval_ms: u64,
     pub failover: Failover,
     pub cluster: Vec<ClusterHost>,
     /// BMC passwords by host name, from the secrets file.
@@ -301,7 +307,7 @@ impl Config {
                 .map(|(k, v)| (k.clone(), v.expose().to_string()))
                 .collect()
         };
-        let checks: [(&'static str, bool); 17] = [
+        let checks: [(&'static str, bool); 18] = [
             ("host.id", self.host_id != new.host_id),
             ("host.name", self.host_name != new.host_name),
             ("lockspace.name", self.lockspace != new.lockspace),
@@ -337,6 +343,10 @@ impl Config {
             (
                 "capacity",
                 self.memory_mib != new.memory_mib || self.vcpus != new.vcpus,
+            ),
+            (
+                "monitor.fence_check_interval_ms",
+                self.fence_check_interval_ms != new.fence_check_interval_ms,
             ),
             (
                 "monitor.storage_incident_share",
@@ -612,6 +622,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let fence_check_interval_ms = raw
+        .monitor
+        .fence_check_interval_ms
+        .unwrap_or(DEFAULT_FENCE_CHECK_INTERVAL_MS);
+    if fence_check_interval_ms != 0 && !(1_000..=86_400_000).contains(&fence_check_interval_ms) {
+        return Err(check.error(
+            "monitor.fence_check_interval_ms",
+            format!("{fence_check_interval_ms} is out of range"),
+            Some("0 (never), or 1000..=86400000 milliseconds"),
+        ));
+    }
+
     let mut cluster = Vec::new();
     let mut ids = BTreeSet::new();
     let mut names = BTreeSet::new();
@@ -722,6 +744,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         memory_mib: raw.capacity.memory_mib,
         vcpus: raw.capacity.vcpus,
         storage_incident_share,
+        fence_check_interval_ms,
         failover,
         cluster,
         passwords,

@@ -34,6 +34,9 @@ pub struct Context {
     pub vm_jobs: Mutex<Option<std::sync::mpsc::Sender<VmJob>>>,
     /// Admission control's view at the VM manager's last scan.
     pub headroom: Mutex<Option<Headroom>>,
+    /// The last check of each other host's fence device, by host id
+    /// ([`crate::fence_health`]).
+    pub fence_checks: Mutex<BTreeMap<u32, crate::fence_health::FenceCheck>>,
     persist_lock: Mutex<()>,
     /// The libvirt calls of self-fences and startup destroys (bounded by
     /// `libvirt.call_timeout_ms`, so no thread that feeds the watchdog or
@@ -64,6 +67,7 @@ impl Context {
             rebooted: std::sync::atomic::AtomicBool::new(false),
             vm_jobs: Mutex::new(None),
             headroom: Mutex::new(None),
+            fence_checks: Mutex::new(BTreeMap::new()),
             persist_lock: Mutex::new(()),
             exit_watches: Mutex::new(BTreeMap::new()),
         }

@@ -292,6 +292,9 @@ pub fn run(config: Config) -> Result<i32> {
         }
     }
 
+    crate::fence_health::start(Arc::clone(&context))
+        .context("cannot start the fence device checks")?;
+
     let stop_guard = Arc::new(AtomicBool::new(false));
     let guard = {
         let context = Arc::clone(&context);

@@ -33,6 +33,7 @@ pub mod domain_lease;
 pub mod events;
 pub mod failover;
 pub mod fence;
+pub mod fence_health;
 pub mod fencing;
 pub mod holders;
 #[cfg(feature = "libvirt")]

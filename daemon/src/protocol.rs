@@ -290,6 +290,22 @@ pub struct StatusReply {
     /// Admission control's view at the VM manager's last scan.
     #[serde(default)]
     pub headroom: Option<Headroom>,
+    /// The last check of each other host's fence device.
+    #[serde(default)]
+    pub fence_checks: Vec<FenceCheckStatus>,
+}
+
+/// One host's fence device as this host last checked it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FenceCheckStatus {
+    pub host_id: u32,
+    pub host: String,
+    pub device: String,
+    pub ok: bool,
+    /// "on" / "off" when it answered.
+    pub power: Option<String>,
+    pub error: Option<String>,
+    pub checked_ago_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

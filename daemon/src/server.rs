@@ -757,6 +757,25 @@ pub fn status(context: &Context) -> StatusReply {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         },
+        fence_checks: {
+            let now_ms = lease::clock::Clock::now_ms(&lease::clock::SystemClock);
+            let checks = match context.fence_checks.lock() {
+                Ok(guard) => guard.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            checks
+                .into_values()
+                .map(|c| crate::protocol::FenceCheckStatus {
+                    host_id: c.host_id,
+                    host: c.host,
+                    device: c.device,
+                    ok: c.error.is_none(),
+                    power: c.power,
+                    error: c.error,
+                    checked_ago_ms: now_ms.saturating_sub(c.at_ms),
+                })
+                .collect()
+        },
         holders: context
             .holders
             .snapshot()

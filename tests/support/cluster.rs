@@ -45,6 +45,8 @@ pub struct ClusterSpec {
     /// writes can be held back ([`PausableDevice::over_file_holding_writes`]);
     /// see [`Cluster::path`].
     pub held_paths: Vec<u32>,
+    /// More TOML for every host's configuration (whole tables).
+    pub extra: String,
 }
 
 impl ClusterSpec {
@@ -58,6 +60,7 @@ impl ClusterSpec {
             proxied: Vec::new(),
             libvirt_call_timeout_ms: None,
             held_paths: Vec::new(),
+            extra: String::new(),
         }
     }
 
@@ -72,6 +75,7 @@ impl ClusterSpec {
             proxied: Vec::new(),
             libvirt_call_timeout_ms: None,
             held_paths: Vec::new(),
+            extra: String::new(),
         }
     }
 }
@@ -181,8 +185,8 @@ impl Cluster {
                     .map(|ms| format!("call_timeout_ms = {ms}\n"))
                     .unwrap_or_default();
                 host.extra = format!(
-                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{cluster_toml}",
-                    spec.memory_mib, spec.restart_grace_ms
+                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{cluster_toml}{}",
+                    spec.memory_mib, spec.restart_grace_ms, spec.extra
                 );
                 host.secrets = Some(secrets.clone());
                 host.bmc_port = Some(port(i));

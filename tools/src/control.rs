@@ -154,6 +154,20 @@ pub fn status(args: &DaemonArgs) -> Result<()> {
     if let Some(h) = &status.headroom {
         println!("{}", crate::vm::headroom_line(h));
     }
+    for c in &status.fence_checks {
+        let result = match (&c.error, &c.power) {
+            (Some(error), _) => format!("FAILING: {error}"),
+            (None, Some(power)) => format!("ok, power {power}"),
+            (None, None) => "ok".to_string(),
+        };
+        println!(
+            "fence device of host {} ({}), {}: {result} (checked {} ago)",
+            c.host_id,
+            c.host,
+            c.device,
+            age(c.checked_ago_ms)
+        );
+    }
     Ok(())
 }
 
