@@ -42,15 +42,15 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Host `k` of `n` (in id order) is first due `k/n` of an interval
-    /// after `now_ms`, then every interval: n checks per interval, evenly
-    /// spread, never all at once.
+    /// Host `k` of `n` (in id order, from 0) is first due `(k+1)/n` of an
+    /// interval after `now_ms`, then every interval: n checks per
+    /// interval, evenly spread, never all at once, none at start-up.
     pub fn new(host_ids: &[u32], interval_ms: u64, now_ms: u64) -> Schedule {
         let count = u64::try_from(host_ids.len().max(1)).unwrap_or(u64::MAX);
         let next_ms = host_ids
             .iter()
             .zip(0u64..)
-            .map(|(id, k)| (*id, now_ms + interval_ms.saturating_mul(k) / count))
+            .map(|(id, k)| (*id, now_ms + interval_ms.saturating_mul(k + 1) / count))
             .collect();
         Schedule {
             interval_ms,
@@ -190,18 +190,19 @@ mod tests {
     #[test]
     fn checks_are_spread_over_the_interval_and_a_failed_device_is_asked_again_soon() {
         let mut s = Schedule::new(&[2, 3, 4, 5], 300_000, 1_000);
-        assert_eq!(s.due(1_000), vec![2]);
-        assert_eq!(s.due(75_999), vec![2]);
-        assert_eq!(s.due(76_000), vec![2, 3]);
-        assert_eq!(s.due(226_000), vec![2, 3, 4, 5]);
-        s.checked(2, 1_000, true);
-        s.checked(3, 76_000, false);
-        assert_eq!(s.next_due_ms(), Some(76_000 + FAILED_RECHECK_MS));
-        assert_eq!(s.due(86_000), vec![3]);
+        assert!(s.due(1_000).is_empty());
+        assert_eq!(s.due(76_000), vec![2]);
+        assert_eq!(s.due(151_000), vec![2, 3]);
         assert_eq!(s.due(301_000), vec![2, 3, 4, 5]);
+        s.checked(2, 76_000, true);
+        s.checked(3, 151_000, false);
+        assert_eq!(s.next_due_ms(), Some(151_000 + FAILED_RECHECK_MS));
+        assert_eq!(s.due(161_000), vec![3]);
+        assert_eq!(s.due(376_000), vec![2, 3, 4, 5]);
         // A short interval bounds the recheck too.
         let mut quick = Schedule::new(&[2], 1_000, 0);
-        quick.checked(2, 0, false);
         assert_eq!(quick.next_due_ms(), Some(1_000));
+        quick.checked(2, 1_000, false);
+        assert_eq!(quick.next_due_ms(), Some(2_000));
     }
 }
