@@ -553,6 +553,7 @@ fn library_cycles(device: &str, io_timeout_ms: u32, n: usize, warmup: usize) -> 
         capacity: Capacity::default(),
         watchdog: false,
         fence_method: FenceMethod::None,
+        shared_settings: Default::default(),
     };
     let mut held = run(delta::join(&space, request), disk, &clock).expect("library join");
     let owner = held.owner();

@@ -129,6 +129,7 @@ fn main() {
         libvirt_call_timeout_ms: None,
         held_paths: Vec::new(),
         extra: String::new(),
+        failover_lines: Default::default(),
     };
     println!(
         "failover: {runs} runs, 3 hosts, 3 VMs on the powered-off host, io_timeout {io_timeout_ms} ms, {}",

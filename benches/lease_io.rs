@@ -75,6 +75,7 @@ fn bench_device(label: &str, path: &str, max_hosts: u32, iterations: usize) {
             capacity: Capacity::default(),
             watchdog: false,
             fence_method: FenceMethod::None,
+            shared_settings: Default::default(),
         };
         let mut held = run(delta::join(&space, request), disk, &clock).expect("join");
         let owner = held.owner();

@@ -20,6 +20,7 @@ fn join_request(raw: u32, name: &str) -> JoinRequest {
         capacity: Capacity::default(),
         watchdog: false,
         fence_method: FenceMethod::None,
+        shared_settings: Default::default(),
     }
 }
 

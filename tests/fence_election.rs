@@ -25,6 +25,7 @@ fn join(path: &str, space: &Lockspace, id: u32) -> Owner {
         capacity: Capacity::default(),
         watchdog: false,
         fence_method: FenceMethod::Ipmi,
+        shared_settings: Default::default(),
     };
     run(delta::join(space, request), &disk, &SystemClock)
         .expect("join")

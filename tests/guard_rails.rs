@@ -556,3 +556,74 @@ fn a_fence_device_that_stops_answering_is_reported_before_any_failover() {
     // Nothing was fenced or taken: host 3 renews on.
     assert!(c.host(1).host_state(3).is_some_and(|h| h.state == "live"));
 }
+
+#[test]
+fn a_host_whose_shared_settings_differ_is_reported_by_every_host_until_put_right() {
+    let mut spec = ClusterSpec::test_driver(T_MS, 2048);
+    spec.failover_lines
+        .insert(3, "restart_attempts = 5\n".to_string());
+    let c = Cluster::start("agreement", spec);
+    // Both others report host 3, and host 3 reports both of them.
+    for (reporter, odd) in [(1, 3), (2, 3), (3, 1), (3, 2)] {
+        let needle = format!("host {odd} (host{odd}) runs with other [failover]");
+        let event = wait_long(Duration::from_secs(20), || {
+            c.host(reporter)
+                .events()
+                .into_iter()
+                .find(|e| e.kind == "settings-differ" && e.message.contains(&needle))
+        });
+        assert!(
+            event.is_some(),
+            "host {reporter} does not report host {odd}\n{}",
+            c.host(reporter).log()
+        );
+    }
+    // Hosts 1 and 2 agree: neither reports the other.
+    for (reporter, other) in [(1, 2), (2, 1)] {
+        let needle = format!("host {other} (host{other})");
+        assert!(
+            !c.host(reporter)
+                .events()
+                .iter()
+                .any(|e| e.kind == "settings-differ" && e.message.contains(&needle)),
+            "host {reporter} reports agreeing host {other}"
+        );
+    }
+    let three = c.host(1).host_state(3).expect("host 3");
+    assert_eq!(three.settings_differ, vec!["[failover]".to_string()]);
+    let two = c.host(1).host_state(2).expect("host 2");
+    assert!(two.settings_differ.is_empty(), "{two:?}");
+    assert_ne!(three.failover_digest, two.failover_digest);
+    assert_eq!(three.cluster_digest, two.cluster_digest);
+    let socket = c.host(1).socket.display().to_string();
+    let out = leasehold(&["status", "--socket", &socket]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("SETTINGS DIFFER from this host's: [failover]"),
+        "{shown}"
+    );
+    // The operator puts host 3's file right and restarts its daemon.
+    // (Its daemon leaves on SIGTERM; the BMC then boots it again.)
+    let host3 = c.host(3);
+    let config = std::fs::read_to_string(&host3.config).expect("config");
+    std::fs::write(&host3.config, config.replace("restart_attempts = 5\n", ""))
+        .expect("write config");
+    host3.signal(libc::SIGTERM);
+    wait_long(Duration::from_secs(30), || {
+        c.host(1).host_state(3).filter(|h| h.state == "left")
+    })
+    .unwrap_or_else(|| panic!("host 3 did not leave\n{}", host3.log()));
+    let bmc = host3.bmc.as_ref().expect("bmc");
+    bmc.power_off_locally();
+    bmc.power_on_locally();
+    host3.wait_joined();
+    let agreed = wait_long(Duration::from_secs(20), || {
+        c.host(1)
+            .events()
+            .into_iter()
+            .find(|e| e.kind == "settings-agree" && e.message.contains("host 3 (host3)"))
+    });
+    assert!(agreed.is_some(), "{}", c.host(1).log());
+    let three = c.host(1).host_state(3).expect("host 3");
+    assert!(three.settings_differ.is_empty(), "{three:?}");
+}

@@ -48,6 +48,7 @@ fn io_on_a_paused_device_fails_at_its_deadline_and_recovers() {
         capacity: Capacity::default(),
         watchdog: false,
         fence_method: FenceMethod::None,
+        shared_settings: Default::default(),
     };
     let lease = run(delta::join(&space, request), disk.as_ref(), &SystemClock).expect("join");
 

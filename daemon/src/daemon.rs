@@ -59,6 +59,7 @@ pub fn space_config(
         watchdog: config.watchdog_device.is_some(),
         fence_method: config.own_fence_method(),
         incident_share: config.storage_incident_share,
+        shared_settings: crate::agreement::shared_settings(config),
         memory_mib: config.memory_mib,
         vcpus: config.vcpus,
     })

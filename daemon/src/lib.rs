@@ -9,7 +9,8 @@
 //! - [`capacity`]: free memory and vCPUs advertised in the host record.
 //! - [`holders`]: registered lease-holding processes (pidfd).
 //! - [`monitor`]: per-host states with the storage-confirmed and
-//!   storage-incident rules.
+//!   storage-incident rules; [`agreement`]: the settings every host must
+//!   share, compared on each scan.
 //! - [`space`]: one joined lockspace: renewal thread, resource worker.
 //! - [`statefile`]: what a restarted daemon takes over.
 //! - [`server`]: the control socket.
@@ -23,6 +24,7 @@
 //! - [`domain_lease`]: a HA VM's domain XML with its `<lease>`, as the VM
 //!   manager starts it (the lock plugin then asks this daemon for it).
 
+pub mod agreement;
 pub mod backup;
 pub mod capacity;
 pub mod client;

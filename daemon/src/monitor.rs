@@ -6,8 +6,9 @@
 //! declared silent (no fencing) until they come back or an operator
 //! confirms.
 
+use crate::agreement::{Agreement, Change};
 use crate::protocol::HostStatus;
-use lease::format::HostRecord;
+use lease::format::{HostRecord, SharedSettings};
 use lease::observer::{HostState, Observer};
 use lease::timeouts::Timeouts;
 use lease::{HostId, Lockspace};
@@ -33,6 +34,9 @@ pub struct Monitor {
     /// What we last reported per host, for transition events.
     reported: BTreeMap<u32, String>,
     last_scan_ms: Option<u64>,
+    /// The digests of the cluster-wide settings we run with.
+    shared_settings: SharedSettings,
+    agreement: Agreement,
 }
 
 fn state_name(state: &HostState) -> &'static str {
@@ -54,6 +58,7 @@ impl Monitor {
         own: HostId,
         own_timeouts: Timeouts,
         incident_share: f64,
+        shared_settings: SharedSettings,
     ) -> Monitor {
         Monitor {
             observer: Observer::new(max_hosts, own_timeouts),
@@ -64,6 +69,8 @@ impl Monitor {
             incident: BTreeSet::new(),
             reported: BTreeMap::new(),
             last_scan_ms: None,
+            shared_settings,
+            agreement: Agreement::default(),
         }
     }
 
@@ -134,6 +141,7 @@ impl Monitor {
                 });
             }
         }
+        transitions.extend(self.check_agreement(space));
         for status in self.hosts(space) {
             if status.this_host || status.state == "unused" {
                 continue;
@@ -191,6 +199,47 @@ impl Monitor {
         transitions
     }
 
+    /// Compare the shared settings of every other host that runs now with
+    /// ours (see [`crate::agreement`]).
+    fn check_agreement(&mut self, space: &Lockspace) -> Vec<Transition> {
+        let running: Vec<HostRecord> = self
+            .host_ids(space)
+            .filter(|h| *h != self.own)
+            .filter_map(|h| {
+                let view = self.observer.view(h);
+                match view.state {
+                    HostState::Live | HostState::Unknown | HostState::Silent | HostState::Dead => {
+                        view.record
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        self.agreement
+            .check(
+                self.shared_settings,
+                self.own_timeouts.io_timeout_ms,
+                running.iter(),
+            )
+            .into_iter()
+            .map(|change| match change {
+                Change::Differs { host_id, name, what } => Transition {
+                    kind: "settings-differ".to_string(),
+                    message: format!(
+                        "host {host_id} ({name}) runs with other {} than this host: every host must share [failover], [[cluster.hosts]] and io_timeout_ms, or their restart plans disagree; make the configuration files the same and restart the daemon whose file was wrong",
+                        what.join(", ")
+                    ),
+                    warn: true,
+                },
+                Change::Agrees { host_id, name } => Transition {
+                    kind: "settings-agree".to_string(),
+                    message: format!("host {host_id} ({name}) runs with the same shared settings as this host again"),
+                    warn: false,
+                },
+            })
+            .collect()
+    }
+
     /// Every host as seen from here.
     pub fn hosts(&self, space: &Lockspace) -> Vec<HostStatus> {
         self.host_ids(space)
@@ -214,6 +263,13 @@ impl Monitor {
                     incident: self.incident.contains(&host_id.get()),
                     error,
                     this_host: host_id == self.own,
+                    failover_digest: record
+                        .map(|r| r.shared_settings.failover_digest)
+                        .unwrap_or(0),
+                    cluster_digest: record
+                        .map(|r| r.shared_settings.cluster_digest)
+                        .unwrap_or(0),
+                    settings_differ: self.agreement.differing(host_id.get()).to_vec(),
                 }
             })
             .collect()
@@ -295,6 +351,7 @@ mod tests {
                 capacity: Capacity::default(),
                 watchdog: false,
                 fence_method: FenceMethod::None,
+                shared_settings: Default::default(),
             };
             run(delta::join(&space, request), &disk, &clock).expect("join");
         }
@@ -344,7 +401,13 @@ mod tests {
     fn one_host_stopping_is_declared_silent_after_expiry_not_before() {
         let (disk, space, _) = cluster(4);
         let own = HostId::new(1).expect("id");
-        let mut monitor = Monitor::new(8, own, Timeouts::from_io_timeout_ms(T_MS), 0.5);
+        let mut monitor = Monitor::new(
+            8,
+            own,
+            Timeouts::from_io_timeout_ms(T_MS),
+            0.5,
+            SharedSettings::default(),
+        );
         run_for(&mut monitor, &disk, &space, 0, 10_000, &[1, 2, 3, 4]);
         assert!(monitor.declared_silent(&space).is_empty());
         // Host 4 last moved at 8 s; 6 s later (under expiry) nothing is declared.
@@ -366,7 +429,13 @@ mod tests {
     fn many_hosts_stopping_together_is_an_incident() {
         let (disk, space, _) = cluster(5);
         let own = HostId::new(1).expect("id");
-        let mut monitor = Monitor::new(8, own, Timeouts::from_io_timeout_ms(T_MS), 0.5);
+        let mut monitor = Monitor::new(
+            8,
+            own,
+            Timeouts::from_io_timeout_ms(T_MS),
+            0.5,
+            SharedSettings::default(),
+        );
         run_for(&mut monitor, &disk, &space, 0, 10_000, &[1, 2, 3, 4, 5]);
         // Three of four others stop at once.
         let events = run_for(&mut monitor, &disk, &space, 10_000, 20_000, &[1, 2]);
@@ -384,7 +453,13 @@ mod tests {
     fn a_gap_in_our_own_scans_silences_nobody() {
         let (disk, space, _) = cluster(3);
         let own = HostId::new(1).expect("id");
-        let mut monitor = Monitor::new(8, own, Timeouts::from_io_timeout_ms(T_MS), 0.5);
+        let mut monitor = Monitor::new(
+            8,
+            own,
+            Timeouts::from_io_timeout_ms(T_MS),
+            0.5,
+            SharedSettings::default(),
+        );
         run_for(&mut monitor, &disk, &space, 0, 10_000, &[1, 2, 3]);
         // Our storage stalls for 30 s: no scans at all, nobody moves.
         let events = run_for(&mut monitor, &disk, &space, 40_000, 2_000, &[]);

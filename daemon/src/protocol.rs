@@ -344,6 +344,16 @@ pub struct HostStatus {
     /// Why the sector could not be used, when unreadable.
     pub error: Option<String>,
     pub this_host: bool,
+    /// The digests of the cluster-wide settings its record publishes
+    /// (0: not published).
+    #[serde(default)]
+    pub failover_digest: u32,
+    #[serde(default)]
+    pub cluster_digest: u32,
+    /// The shared settings in which it differs from this host, as found at
+    /// the last scan (empty: it agrees, or nothing to compare).
+    #[serde(default)]
+    pub settings_differ: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

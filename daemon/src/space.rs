@@ -14,7 +14,7 @@ use crate::protocol::{
 };
 use lease::clock::{Clock, SystemClock};
 use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
-use lease::format::{Capacity, FenceMethod};
+use lease::format::{Capacity, FenceMethod, SharedSettings};
 use lease::op::run;
 use lease::open::{BoxedDisk, Engine};
 use lease::paxos::{self, ReleaseRequest};
@@ -49,6 +49,8 @@ pub struct SpaceConfig {
     pub watchdog: bool,
     pub fence_method: FenceMethod,
     pub incident_share: f64,
+    /// Digests of the settings every host must share ([`crate::agreement`]).
+    pub shared_settings: SharedSettings,
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u32>,
 }
@@ -600,6 +602,7 @@ impl Space {
             capacity: self.capacity(),
             watchdog: self.config.watchdog,
             fence_method: self.config.fence_method,
+            shared_settings: self.config.shared_settings,
         }
     }
 
@@ -835,6 +838,7 @@ impl Space {
                     self.config.host_id,
                     timeouts,
                     self.config.incident_share,
+                    self.config.shared_settings,
                 ));
                 state.lockspace = Some(space.clone());
                 state.lease = Some(lease.clone());

@@ -2,7 +2,9 @@
 //! as it keeps rewriting it. join = acquire, renew, leave = release.
 
 use crate::error::LeaseError;
-use crate::format::{check_name, Capacity, FenceMethod, HostFlags, HostRecord, HOST_NAME_BYTES};
+use crate::format::{
+    check_name, Capacity, FenceMethod, HostFlags, HostRecord, SharedSettings, HOST_NAME_BYTES,
+};
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
@@ -21,6 +23,8 @@ pub struct JoinRequest {
     pub capacity: Capacity,
     pub watchdog: bool,
     pub fence_method: FenceMethod,
+    /// Digests of the cluster-wide settings this host runs with.
+    pub shared_settings: SharedSettings,
 }
 
 /// A held delta lease: the record we last wrote and when our last renewal
@@ -172,6 +176,7 @@ async fn join_inner(
         capacity: request.capacity,
         fence_method: request.fence_method,
         host_name: request.host_name.clone(),
+        shared_settings: request.shared_settings,
     };
     let written_ms = port.now_ms();
     space.write_host(port, &record).await?;

@@ -7,7 +7,7 @@ use lease::delta::DeltaLease;
 use lease::disk::Disk;
 use lease::format::{
     Capacity, DblockRecord, FenceMethod, Geometry, HeaderRecord, HostFlags, HostRecord,
-    LeaderFlags, LeaderRecord, LeaseKind, LeaseLocation, Proposal,
+    LeaderFlags, LeaderRecord, LeaseKind, LeaseLocation, Proposal, SharedSettings,
 };
 use lease::paxos::{self, AcquireRequest, ReleaseRequest};
 use lease::{HostId, LeaseError, Owner};
@@ -42,11 +42,13 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
             0u8..4,
             name(64),
         ),
+        any::<[u32; 2]>(),
     )
         .prop_map(
             |(
                 (id, flags, generation, timestamp_ms, io_timeout_ms),
                 (fencer, fenced, nonce, cap, method, host_name),
+                digests,
             )| {
                 HostRecord {
                     host_id: HostId::new(id).expect("nonzero"),
@@ -75,6 +77,10 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
                         FenceMethod::Manual,
                     ][method as usize],
                     host_name,
+                    shared_settings: SharedSettings {
+                        failover_digest: digests[0],
+                        cluster_digest: digests[1],
+                    },
                 }
             },
         )

@@ -9,6 +9,7 @@ use crate::libvirt_proxy::LibvirtProxy;
 use crate::{sparse_file, wait_long, LoopDevice, PausableDevice, Scratch};
 use leasehold_daemon::placement::Priority;
 use leasehold_daemon::protocol::{ErrorKind, Request, VmActionReply, VmListReply, VmStatus};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub struct ClusterSpec {
     pub held_paths: Vec<u32>,
     /// More TOML for every host's configuration (whole tables).
     pub extra: String,
+    /// More `[failover]` lines for single hosts, by host id.
+    pub failover_lines: BTreeMap<u32, String>,
 }
 
 impl ClusterSpec {
@@ -61,6 +64,7 @@ impl ClusterSpec {
             libvirt_call_timeout_ms: None,
             held_paths: Vec::new(),
             extra: String::new(),
+            failover_lines: BTreeMap::new(),
         }
     }
 
@@ -76,6 +80,7 @@ impl ClusterSpec {
             libvirt_call_timeout_ms: None,
             held_paths: Vec::new(),
             extra: String::new(),
+            failover_lines: BTreeMap::new(),
         }
     }
 }
@@ -184,8 +189,9 @@ impl Cluster {
                     .libvirt_call_timeout_ms
                     .map(|ms| format!("call_timeout_ms = {ms}\n"))
                     .unwrap_or_default();
+                let failover_lines = spec.failover_lines.get(&i).cloned().unwrap_or_default();
                 host.extra = format!(
-                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{cluster_toml}{}",
+                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{failover_lines}{cluster_toml}{}",
                     spec.memory_mib, spec.restart_grace_ms, spec.extra
                 );
                 host.secrets = Some(secrets.clone());

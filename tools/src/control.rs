@@ -102,6 +102,12 @@ fn print_hosts(hosts: &[HostStatus]) {
         if let Some(error) = &h.error {
             println!("        unusable: {error}");
         }
+        if !h.settings_differ.is_empty() {
+            println!(
+                "        SETTINGS DIFFER from this host's: {}",
+                h.settings_differ.join(", ")
+            );
+        }
     }
 }
 

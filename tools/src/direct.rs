@@ -33,6 +33,7 @@ fn join(args: &HostArgs) -> Result<()> {
         capacity: Capacity::default(),
         watchdog: false,
         fence_method: FenceMethod::None,
+        shared_settings: Default::default(),
     };
     let lease =
         run(delta::join(&space, request), disk.as_ref(), &SystemClock).with_context(|| {

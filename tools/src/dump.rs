@@ -92,6 +92,7 @@ fn to_json(dump: &Dump, all: bool) -> Value {
                 value["fenced_generation"] = json!(r.fenced_generation);
                 value["fencer_host_id"] = json!(r.fencer_host_id);
                 value["capacity"] = json!(r.capacity);
+                value["shared_settings"] = json!(r.shared_settings);
             }
             value["error"] = json!(h.error);
             value
@@ -159,8 +160,8 @@ fn print_tables(dump: &Dump, all: bool) {
     println!();
     println!("hosts:");
     println!(
-        "  {:>4}  {:<20} {:>10} {:>16} {:>8}  {:<18} {:>12}",
-        "ID", "NAME", "GENERATION", "TIMESTAMP_MS", "IO_MS", "FLAGS", "OFFSET"
+        "  {:>4}  {:<20} {:>10} {:>16} {:>8}  {:<18} {:>12}  {:<17}",
+        "ID", "NAME", "GENERATION", "TIMESTAMP_MS", "IO_MS", "FLAGS", "OFFSET", "SETTINGS"
     );
     for h in dump
         .hosts
@@ -169,14 +170,16 @@ fn print_tables(dump: &Dump, all: bool) {
     {
         match (&h.record, &h.error) {
             (Some(r), _) => println!(
-                "  {:>4}  {:<20} {:>10} {:>16} {:>8}  {:<18} {:>12}",
+                "  {:>4}  {:<20} {:>10} {:>16} {:>8}  {:<18} {:>12}  {:08x}/{:08x}",
                 h.host_id.get(),
                 r.host_name,
                 r.generation,
                 r.timestamp_ms,
                 r.io_timeout_ms,
                 host_flags(r).join(","),
-                h.offset_bytes
+                h.offset_bytes,
+                r.shared_settings.failover_digest,
+                r.shared_settings.cluster_digest
             ),
             (None, Some(e)) => println!(
                 "  {:>4}  UNUSABLE at offset {}: {e}",

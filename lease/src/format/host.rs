@@ -21,7 +21,9 @@ const VCPUS_FREE_OFFSET: usize = 128; // u32
 const VCPUS_TOTAL_OFFSET: usize = 132; // u32
 const FENCE_METHOD_OFFSET: usize = 136; // u8
 const HOST_NAME_OFFSET: usize = 144; // 64 bytes
-const RESERVED_OFFSET: usize = 208;
+const FAILOVER_DIGEST_OFFSET: usize = 208; // u32
+const CLUSTER_DIGEST_OFFSET: usize = 212; // u32
+const RESERVED_OFFSET: usize = 216;
 
 /// Host record flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -113,6 +115,18 @@ pub struct Capacity {
     pub vcpus_total: u32,
 }
 
+/// Digests of the settings every host of a cluster must share, published
+/// by each host so the others can tell when one runs with different ones.
+/// The daemon computes them; the lease core only stores them. 0 means "not
+/// published" (a writer that does not compute them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SharedSettings {
+    /// CRC32 of the `[failover]` settings (restart plans assume they agree).
+    pub failover_digest: u32,
+    /// CRC32 of the cluster host list: ids, names and fence devices.
+    pub cluster_digest: u32,
+}
+
 /// One host's delta lease sector.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HostRecord {
@@ -136,6 +150,7 @@ pub struct HostRecord {
     pub capacity: Capacity,
     pub fence_method: FenceMethod,
     pub host_name: String,
+    pub shared_settings: SharedSettings,
 }
 
 impl HostRecord {
@@ -154,6 +169,7 @@ impl HostRecord {
             capacity: Capacity::default(),
             fence_method: FenceMethod::None,
             host_name: String::new(),
+            shared_settings: SharedSettings::default(),
         }
     }
 
@@ -200,6 +216,8 @@ impl HostRecord {
         e.u32(VCPUS_TOTAL_OFFSET, self.capacity.vcpus_total);
         e.u8(FENCE_METHOD_OFFSET, self.fence_method.code());
         e.name(HOST_NAME_OFFSET, HOST_NAME_BYTES, &self.host_name);
+        e.u32(FAILOVER_DIGEST_OFFSET, self.shared_settings.failover_digest);
+        e.u32(CLUSTER_DIGEST_OFFSET, self.shared_settings.cluster_digest);
         Ok(e.seal(RecordKind::Host, lockspace, sector_size_bytes))
     }
 
@@ -237,6 +255,10 @@ impl HostRecord {
             },
             fence_method: FenceMethod::from_code(d.u8(FENCE_METHOD_OFFSET))?,
             host_name: d.name("host name", HOST_NAME_OFFSET, HOST_NAME_BYTES)?,
+            shared_settings: SharedSettings {
+                failover_digest: d.u32(FAILOVER_DIGEST_OFFSET),
+                cluster_digest: d.u32(CLUSTER_DIGEST_OFFSET),
+            },
         };
         if record.generation_floor > record.generation {
             return Err(FormatError::BadField {

@@ -51,6 +51,7 @@ pub fn join_request(raw: u32, name: &str) -> JoinRequest {
         capacity: Capacity::default(),
         watchdog: false,
         fence_method: FenceMethod::None,
+        shared_settings: Default::default(),
     }
 }
 

@@ -722,6 +722,7 @@ impl World {
             } else {
                 FenceMethod::None
             },
+            shared_settings: Default::default(),
         };
         let op = delta::join(&self.space, request);
         process.renew.start(Running::Join(op));
