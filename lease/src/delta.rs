@@ -216,26 +216,20 @@ async fn refuse_if_renewing(
 ) -> Result<(), LeaseError> {
     let owner_timeouts = Timeouts::from_io_timeout_ms(current.io_timeout_ms);
     let window_ms = owner_timeouts.renew_interval_ms + owner_timeouts.io_timeout_ms;
-    let deadline_ms = port.now_ms() + window_ms;
     // window / io_timeout = 3 reads, plus slack for late wake-ups.
     let reads_max = window_ms / owner_timeouts.io_timeout_ms + 2;
-    for _ in 0..reads_max {
-        let next_ms = (port.now_ms() + owner_timeouts.io_timeout_ms).min(deadline_ms);
-        port.sleep_until(next_ms).await;
-        let read_started_ms = port.now_ms();
-        let again = space.read_host(port, current.host_id).await?;
-        if again != *current {
-            return Err(LeaseError::HostIdInUse {
-                host_id: current.host_id,
-                owner_name: again.host_name,
-                generation: again.generation,
-            });
-        }
-        if read_started_ms >= deadline_ms {
-            return Ok(());
-        }
-    }
-    Ok(())
+    // Out of reads before the window closed (late wake-ups): every read
+    // saw the record still, which is all this check asks.
+    watch_still(
+        port,
+        space,
+        current,
+        window_ms,
+        owner_timeouts.io_timeout_ms,
+        reads_max,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Watch a record that may belong to a live host until it has stood still
@@ -246,16 +240,45 @@ async fn wait_until_still(
     current: &HostRecord,
 ) -> Result<(), LeaseError> {
     let owner_timeouts = Timeouts::from_io_timeout_ms(current.io_timeout_ms);
-    let deadline_ms = port.now_ms() + owner_timeouts.host_dead_ms;
     // One read per renew interval of the owner until host_dead has passed:
     // host_dead / renew_interval = 6 reads, plus slack for late wake-ups.
     let reads_max = owner_timeouts.host_dead_ms / owner_timeouts.renew_interval_ms + 4;
+    let still = watch_still(
+        port,
+        space,
+        current,
+        owner_timeouts.host_dead_ms,
+        owner_timeouts.renew_interval_ms,
+        reads_max,
+    )
+    .await?;
+    if still {
+        return Ok(());
+    }
+    Err(LeaseError::Invalid(format!(
+        "host {}: gave up watching the previous owner after {reads_max} reads",
+        current.host_id
+    )))
+}
+
+/// Re-read `current`'s sector every `step_ms` for `window_ms`: a change is
+/// [`LeaseError::HostIdInUse`]; true once a read that started after the
+/// window saw it unchanged, false when `reads_max` reads ran out first.
+/// Only a read that starts after the deadline proves stillness: time that
+/// passed while we were not looking (a pause of this process) proves
+/// nothing; a record unchanged from first to last read does.
+async fn watch_still(
+    port: &Port,
+    space: &Lockspace,
+    current: &HostRecord,
+    window_ms: u64,
+    step_ms: u64,
+    reads_max: u64,
+) -> Result<bool, LeaseError> {
+    let deadline_ms = port.now_ms() + window_ms;
     for _ in 0..reads_max {
-        let next_ms = (port.now_ms() + owner_timeouts.renew_interval_ms).min(deadline_ms);
+        let next_ms = (port.now_ms() + step_ms).min(deadline_ms);
         port.sleep_until(next_ms).await;
-        // Only a read that starts after the deadline proves stillness: time
-        // that passed while we were not looking (a pause of this process)
-        // proves nothing; a record unchanged from first to last read does.
         let read_started_ms = port.now_ms();
         let again = space.read_host(port, current.host_id).await?;
         if again != *current {
@@ -266,13 +289,10 @@ async fn wait_until_still(
             });
         }
         if read_started_ms >= deadline_ms {
-            return Ok(());
+            return Ok(true);
         }
     }
-    Err(LeaseError::Invalid(format!(
-        "host {}: gave up watching the previous owner after {reads_max} reads",
-        current.host_id
-    )))
+    Ok(false)
 }
 
 /// Check that our sector still says what we last wrote.
