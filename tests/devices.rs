@@ -68,7 +68,7 @@ fn exercise(disk: &dyn Disk, sector_size_bytes: u32) {
     };
     let (slot, leader) =
         run(resource::acquire(&space, named(a.owner(), 1)), disk, &clock).expect("acquire");
-    assert_eq!(slot, 0);
+    assert_eq!(slot, resource::home_slot("vm1", geometry.max_resources()));
     assert_eq!(leader.owner, Some(a.owner()));
     match run(resource::acquire(&space, named(b.owner(), 2)), disk, &clock) {
         Err(LeaseError::HeldByOther { owner, .. }) => assert_eq!(owner, a.owner()),

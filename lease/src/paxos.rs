@@ -13,7 +13,7 @@
 //! latest instance the dblocks show.
 
 use crate::error::LeaseError;
-use crate::format::{DblockRecord, LeaderRecord, LeaseLocation, Proposal};
+use crate::format::{DblockRecord, LeaderFlags, LeaderRecord, LeaseLocation, Proposal};
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
@@ -343,9 +343,19 @@ fn chosen_leader(
     value: Proposal,
     now_ms: u64,
 ) -> LeaderRecord {
+    // A name checked unique stays so while the slot keeps it: the next
+    // instance with the same name inherits the mark; a claim, a lagging
+    // leader (an instance we did not see) or another name do not.
+    let name_checked = !request.claim
+        && previous.flags.name_checked
+        && previous.lver.checked_add(1) == Some(lver)
+        && previous.name == value.name;
     LeaderRecord {
         owner: Some(value.owner),
-        flags: Default::default(),
+        flags: LeaderFlags {
+            released: false,
+            name_checked,
+        },
         lver,
         max_hosts: space.geometry.max_hosts(),
         kind: request.location.kind,
@@ -704,6 +714,7 @@ pub(crate) async fn release_inner(
     if let (true, Some(mut leader)) = (request.clear_name, leader) {
         // Free the slot for any name. (The dblock above already released it.)
         leader.flags.released = true;
+        leader.flags.name_checked = false;
         leader.name.clear();
         leader.timestamp_ms = port.now_ms();
         write_leader(port, space, location, &leader).await?;

@@ -2,16 +2,35 @@
 //! free slot for a new name without two hosts ever ending up with two slots
 //! of one name.
 //!
-//! Claiming: scan every leader; if no slot carries the name, run paxos on the
-//! first free slot with the name in the proposal. After winning, scan again:
-//! if any other slot now carries the same name, give ours back (release and
-//! clear the name) and start over after a random pause. Of two hosts that
-//! claimed one name in two slots, at least one sees the other's slot in its
-//! second scan (each wrote its leader before scanning), so at most one keeps
-//! its claim.
+//! Finding: a name's probe sequence starts at its home slot (CRC32 of the
+//! name modulo the slot count) and goes on slot by slot; a claim takes the
+//! first free slot of that sequence, so a lookup reads the leaders along it
+//! until one carries the name (usually the first) and stops at a leader
+//! that was never used or after [`PROBE_READS_MAX`] reads. Only then does
+//! it read every leader (a name claimed by a build that placed names
+//! first-free, or a name that is not there).
+//!
+//! Claiming: scan every lease; if no slot carries the name, run paxos on the
+//! first free slot of its probe sequence with the name in the proposal.
+//! After winning, scan again: if any other slot now carries the same name,
+//! give ours back (release and clear the name) and start over after a random
+//! pause. Of two hosts that claimed one name in two slots, at least one sees
+//! the other's slot in its second scan (each wrote its leader before
+//! scanning), so at most one keeps its claim. A scan that finds no other
+//! slot marks the leader NAME_CHECKED; the mark passes to every later lease
+//! version of the same name, and an acquire that finds it needs no scan of
+//! its own: any later claimer of the name sees this slot and gives up. An
+//! acquire of a slot without the mark (a claim whose holder died before its
+//! scan) scans as a claim does.
+//!
+//! Costs, with `R` slots of `L` bytes per lease: an acquire of a checked
+//! name reads one leader sector per probe step (1 in the common case) and
+//! then runs paxos; a claim, or an acquire of an unchecked slot, reads every
+//! lease twice (2 R reads of L bytes); release by name reads every lease
+//! once.
 
 use crate::error::LeaseError;
-use crate::format::{check_name, LeaderRecord, RESOURCE_NAME_BYTES};
+use crate::format::{check_name, LeaderFlags, LeaderRecord, RESOURCE_NAME_BYTES};
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
@@ -21,6 +40,44 @@ use crate::timeouts::Timeouts;
 /// Claim attempts before giving up: each lost race means another host made
 /// progress, so a handful is plenty.
 pub const CLAIM_ATTEMPTS_MAX: u32 = 16;
+
+/// Leaders a lookup reads along a name's probe sequence before it reads
+/// every leader instead.
+pub const PROBE_READS_MAX: u32 = 16;
+
+/// Where a name's probe sequence starts.
+pub fn home_slot(name: &str, max_resources: u32) -> u32 {
+    crc32fast::hash(name.as_bytes())
+        .checked_rem(max_resources)
+        .unwrap_or(0)
+}
+
+/// Every slot, in the order a name probes them: its home slot, then on,
+/// wrapping around.
+pub fn probe_order(name: &str, max_resources: u32) -> impl Iterator<Item = u32> {
+    let home = u64::from(home_slot(name, max_resources));
+    let count = u64::from(max_resources);
+    (0..count).filter_map(move |step| u32::try_from((home + step) % count).ok())
+}
+
+/// Walk `name`'s probe sequence one leader sector at a time: the first slot
+/// whose leader carries the name, or None at a never-used leader or after
+/// [`PROBE_READS_MAX`] reads. A leader that cannot be read or decoded is
+/// stepped over (the full scan after a miss reports it). A hit is only a
+/// candidate: paxos on it decides, and the NAME_CHECKED mark (or the scan
+/// that sets it) rules out a second slot.
+async fn probe(port: &Port, space: &Lockspace, name: &str) -> Option<(u32, LeaderRecord)> {
+    let reads = usize::try_from(PROBE_READS_MAX).unwrap_or(usize::MAX);
+    for slot in probe_order(name, space.geometry.max_resources()).take(reads) {
+        let location = space.geometry.resource_lease(slot);
+        match space.read_leader(port, &location).await {
+            Ok(leader) if leader.name == name => return Some((slot, leader)),
+            Ok(leader) if leader.lver == 0 && leader.owner.is_none() => return None,
+            _ => {}
+        }
+    }
+    None
+}
 
 /// A resource slot's leader, or why it cannot be used.
 pub type SlotScan = Vec<(u32, Result<LeaderRecord, LeaseError>)>;
@@ -86,6 +143,7 @@ async fn scan_deep(port: &Port, space: &Lockspace) -> Result<SlotScan, LeaseErro
         if let Some((lver, inp)) = ahead {
             leader.owner = Some(inp.owner);
             leader.flags.released = false;
+            leader.flags.name_checked = false;
             leader.lver = lver;
             leader.name = inp.name;
         }
@@ -127,6 +185,9 @@ pub fn lookup(
     let name = name.to_string();
     Operation::new(move |port| async move {
         check_resource_name(&name)?;
+        if let Some(found) = probe(&port, &space, &name).await {
+            return Ok(Some(found));
+        }
         let slots = scan_inner(&port, &space).await?;
         find_certain(slots, &name)
     })
@@ -151,10 +212,17 @@ fn free_slot(name: &str, slots: &mut SlotScan) -> Result<Option<u32>, LeaseError
             reason: e.to_string(),
         });
     }
-    Ok(slots.iter().find_map(|(slot, leader)| match leader {
-        Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
-        _ => None,
-    }))
+    // The first free slot of the name's probe sequence, where a lookup
+    // looks first.
+    let free: std::collections::BTreeSet<u32> = slots
+        .iter()
+        .filter_map(|(slot, leader)| match leader {
+            Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
+            _ => None,
+        })
+        .collect();
+    let max_resources = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+    Ok(probe_order(name, max_resources).find(|slot| free.contains(slot)))
 }
 
 /// Acquire the resource `name`, claiming a free slot if no slot carries it.
@@ -175,11 +243,10 @@ async fn acquire_inner(
     check_resource_name(&request.name)?;
     let timeouts = Timeouts::from_io_timeout_ms(request.io_timeout_ms);
     let mut seed = request.seed;
-    for _ in 0..CLAIM_ATTEMPTS_MAX {
+    for attempt in 0..CLAIM_ATTEMPTS_MAX {
         seed = seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let mut slots = scan_inner(port, space).await?;
         let paxos_request = |slot: u32, claim: bool| AcquireRequest {
             location: space.geometry.resource_lease(slot),
             owner: request.owner,
@@ -189,22 +256,35 @@ async fn acquire_inner(
             io_timeout_ms: request.io_timeout_ms,
             seed,
         };
-        let mut found = find(&slots, &request.name);
-        if found.is_none() {
-            // Before claiming a new slot, look past lagging leaders.
-            slots = scan_deep(port, space).await?;
-            found = find(&slots, &request.name);
-        }
-        let (slot, claim) = match found {
+        // First the name's own probe sequence (a slot that turns out taken
+        // by another name sends the next attempt to the full scan).
+        let probed = if attempt == 0 {
+            probe(port, space, &request.name).await
+        } else {
+            None
+        };
+        let (slot, claim) = match probed {
             Some((slot, _)) => (slot, false),
-            None => match free_slot(&request.name, &mut slots)? {
-                Some(slot) => (slot, true),
-                None => {
-                    return Err(LeaseError::NoFreeSlot {
-                        max_resources: space.geometry.max_resources(),
-                    })
+            None => {
+                let mut slots = scan_inner(port, space).await?;
+                let mut found = find(&slots, &request.name);
+                if found.is_none() {
+                    // Before claiming a new slot, look past lagging leaders.
+                    slots = scan_deep(port, space).await?;
+                    found = find(&slots, &request.name);
                 }
-            },
+                match found {
+                    Some((slot, _)) => (slot, false),
+                    None => match free_slot(&request.name, &mut slots)? {
+                        Some(slot) => (slot, true),
+                        None => {
+                            return Err(LeaseError::NoFreeSlot {
+                                max_resources: space.geometry.max_resources(),
+                            })
+                        }
+                    },
+                }
+            }
         };
         let (leader, held_before) =
             match paxos::acquire_flagged(port, space, &paxos_request(slot, claim)).await {
@@ -212,10 +292,11 @@ async fn acquire_inner(
                 Err(LeaseError::SlotTaken { .. }) => continue,
                 Err(e) => return Err(e),
             };
-        if held_before {
-            // Ours since before this call (and checked for duplicates then):
-            // a claimer of another slot re-checks after its leader write and
-            // gives up; we must not give back a lease whose resource runs.
+        if held_before || leader.flags.name_checked {
+            // Ours since before this call (and checked for duplicates then),
+            // or a name checked unique in this slot: a claimer of another
+            // slot re-checks after its leader write and gives up; we must
+            // not give back a lease whose resource runs.
             return Ok((slot, leader));
         }
         // Whether found or claimed, the name must be in this slot only: a
@@ -228,7 +309,21 @@ async fn acquire_inner(
         // A slot we cannot read might carry the same name: no certainty.
         let unreadable = again.iter().position(|(_, leader)| leader.is_err());
         if !duplicate && unreadable.is_none() {
-            return Ok((slot, leader));
+            // Unique: mark it, so later acquires of this name skip the scan.
+            // A failed mark only costs the next acquire a scan.
+            let checked = LeaderRecord {
+                flags: LeaderFlags {
+                    name_checked: true,
+                    ..leader.flags
+                },
+                timestamp_ms: port.now_ms(),
+                ..leader.clone()
+            };
+            let location = space.geometry.resource_lease(slot);
+            return match paxos::write_leader(port, space, &location, &checked).await {
+                Ok(()) => Ok((slot, checked)),
+                Err(_) => Ok((slot, leader)),
+            };
         }
         paxos::release_inner(
             port,

@@ -102,7 +102,7 @@ fn leader_record() -> impl Strategy<Value = (LeaseLocation, LeaderRecord)> {
     (
         location(),
         proptest::option::of(owner()),
-        any::<bool>(),
+        any::<[bool; 2]>(),
         1u64..u64::MAX,
         any::<(u64, u32, u32)>(),
         name(48),
@@ -113,7 +113,10 @@ fn leader_record() -> impl Strategy<Value = (LeaseLocation, LeaderRecord)> {
                 location,
                 LeaderRecord {
                     owner,
-                    flags: LeaderFlags { released },
+                    flags: LeaderFlags {
+                        released: released[0],
+                        name_checked: released[1],
+                    },
                     lver,
                     max_hosts: 2000,
                     kind: location.kind,

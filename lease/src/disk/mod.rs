@@ -5,11 +5,13 @@
 //! back to buffered I/O.
 
 mod aligned;
+mod counting;
 mod direct;
 mod memory;
 mod uring;
 
 pub use aligned::AlignedBuffer;
+pub use counting::{CountingDisk, IoCount};
 pub use direct::DirectDisk;
 pub use memory::MemoryDisk;
 pub use uring::{UringDisk, ORPHANS_MAX};
@@ -168,4 +170,24 @@ pub(crate) fn open_direct(
         )));
     }
     Ok((file, sector_size_bytes, size_bytes))
+}
+
+/// A borrowed disk is a disk (so wrappers such as [`CountingDisk`] can sit
+/// over one that something else owns).
+impl<D: Disk + ?Sized> Disk for &D {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn sector_size_bytes(&self) -> u32 {
+        (**self).sector_size_bytes()
+    }
+    fn size_bytes(&self) -> u64 {
+        (**self).size_bytes()
+    }
+    fn read(&self, offset_bytes: u64, buffer: &mut [u8]) -> Result<(), DiskError> {
+        (**self).read(offset_bytes, buffer)
+    }
+    fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<(), DiskError> {
+        (**self).write(offset_bytes, data)
+    }
 }

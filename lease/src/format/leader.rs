@@ -23,6 +23,28 @@ const RESERVED_OFFSET: usize = 176;
 pub struct LeaderFlags {
     /// The owner released the lease; the next acquire needs no liveness check.
     pub released: bool,
+    /// The name's uniqueness was checked in this lease version or an
+    /// earlier one of the same name: after this slot carried the name, a
+    /// full scan found no other slot carrying it. An acquire that finds
+    /// the flag needs no scan of its own (docs/safety.md, "Names").
+    pub name_checked: bool,
+}
+
+impl LeaderFlags {
+    const RELEASED: u32 = 1;
+    const NAME_CHECKED: u32 = 2;
+    const KNOWN: u32 = Self::RELEASED | Self::NAME_CHECKED;
+
+    fn bits(self) -> u32 {
+        let mut bits = 0;
+        if self.released {
+            bits |= Self::RELEASED;
+        }
+        if self.name_checked {
+            bits |= Self::NAME_CHECKED;
+        }
+        bits
+    }
 }
 
 /// The leader of one paxos lease.
@@ -80,7 +102,7 @@ impl LeaderRecord {
             e.u64(OWNER_GENERATION_OFFSET, owner.generation);
             e.u64(OWNER_NONCE_OFFSET, owner.nonce);
         }
-        e.u32(FLAGS_OFFSET, u32::from(self.flags.released));
+        e.u32(FLAGS_OFFSET, self.flags.bits());
         e.u64(LVER_OFFSET, self.lver);
         e.u32(MAX_HOSTS_OFFSET, self.max_hosts);
         e.u32(KIND_OFFSET, self.kind.code());
@@ -103,10 +125,10 @@ impl LeaderRecord {
         d.reserved("leader reserved", 100..104)?;
         d.reserved("leader reserved", RESERVED_OFFSET..RECORD_SIZE_BYTES)?;
         let flags_raw = d.u32(FLAGS_OFFSET);
-        if flags_raw > 1 {
+        if flags_raw & !LeaderFlags::KNOWN != 0 {
             return Err(FormatError::BadField {
                 field: "leader flags",
-                reason: format!("unknown bits {:#x}", flags_raw & !1),
+                reason: format!("unknown bits {:#x}", flags_raw & !LeaderFlags::KNOWN),
             });
         }
         let owner = match HostId::new(d.u32(OWNER_OFFSET)) {
@@ -141,7 +163,8 @@ impl LeaderRecord {
         let record = LeaderRecord {
             owner,
             flags: LeaderFlags {
-                released: flags_raw == 1,
+                released: flags_raw & LeaderFlags::RELEASED != 0,
+                name_checked: flags_raw & LeaderFlags::NAME_CHECKED != 0,
             },
             lver: d.u64(LVER_OFFSET),
             max_hosts: d.u32(MAX_HOSTS_OFFSET),

@@ -31,12 +31,19 @@ struct Cli {
     /// Resources per seed (default: drawn from the seed, 1 to 4).
     #[arg(long)]
     resources: Option<u32>,
+    /// Resource slots on the device (default: drawn, the resources or up to 12 more).
+    #[arg(long)]
+    slots: Option<u32>,
     /// Multiply every fault rate (0 turns faults off).
     #[arg(long)]
     fault_scale: Option<f64>,
     /// Simulated seconds before the liveness phase (default: drawn, 120 to 360).
     #[arg(long)]
     duration: Option<u64>,
+    /// Every host's storage latency in ms, base and spread (e.g. 1,1),
+    /// instead of drawn ones.
+    #[arg(long, value_parser = parse_latency)]
+    latency: Option<(u64, u64)>,
     /// Run a deliberately unsafe protocol variant; `list` prints the names.
     #[arg(long)]
     planted_bug: Option<String>,
@@ -46,6 +53,18 @@ struct Cli {
     /// Stop at the first violation.
     #[arg(long)]
     stop_at_first: bool,
+}
+
+fn parse_latency(text: &str) -> Result<(u64, u64), String> {
+    let (base, spread) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?}: expected BASE,SPREAD in ms, e.g. 1,1"))?;
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{s:?} is not a number of ms: {e}"))
+    };
+    Ok((number(base)?, number(spread)?))
 }
 
 fn report(outcome: &Outcome) {
@@ -87,9 +106,11 @@ fn main() -> ExitCode {
     let options = Options {
         hosts: cli.hosts,
         resources: cli.resources,
+        slots: cli.slots,
         planted_bug,
         fault_scale: cli.fault_scale,
         duration_s: cli.duration,
+        latency_ms: cli.latency,
     };
     let started = Instant::now();
     if let Some(seed) = cli.seed {

@@ -11,11 +11,16 @@ use std::fmt;
 pub struct Options {
     pub hosts: Option<u32>,
     pub resources: Option<u32>,
+    /// Resource slots on the device (at least `resources`).
+    pub slots: Option<u32>,
     pub planted_bug: Option<PlantedBug>,
     /// Multiplies every fault rate (0 switches faults off).
     pub fault_scale: Option<f64>,
     /// Simulated time before the liveness phase, in seconds.
     pub duration_s: Option<u64>,
+    /// Every host's storage latency, base and random spread (ms), instead
+    /// of drawn ones: a fast device, for seeds with very many slots.
+    pub latency_ms: Option<(u64, u64)>,
 }
 
 /// Mean time between two faults of one kind, in simulated ms; None = off.
@@ -46,7 +51,11 @@ pub struct FaultRates {
 #[derive(Clone, Debug)]
 pub struct Scenario {
     pub hosts: u32,
+    /// Resource names in use (r0, r1, ...).
     pub resources: u32,
+    /// Resource slots on the device: more than names leaves free slots, so
+    /// names land away from their home slot and probe sequences wrap.
+    pub slots: u32,
     pub sector_size_bytes: u32,
     pub duration_ms: u64,
     /// Per host: io_timeout (ms), clock drift (ppm), watchdog, fence device.
@@ -87,8 +96,12 @@ impl Scenario {
         let watchdog_share = [0.0, 0.5, 1.0][rng.below(3) as usize];
         let watchdog = (0..hosts).map(|_| rng.chance(watchdog_share)).collect();
         let fence_device = (0..hosts).map(|_| rng.chance(0.8)).collect();
-        let latency_base_ms = (0..hosts).map(|_| rng.range(1, 5)).collect();
-        let latency_jitter_ms = (0..hosts).map(|_| rng.range(1, 50)).collect();
+        let mut latency_base_ms: Vec<u64> = (0..hosts).map(|_| rng.range(1, 5)).collect();
+        let mut latency_jitter_ms: Vec<u64> = (0..hosts).map(|_| rng.range(1, 50)).collect();
+        if let Some((base_ms, jitter_ms)) = options.latency_ms {
+            latency_base_ms.fill(base_ms);
+            latency_jitter_ms.fill(jitter_ms);
+        }
         let scale = options.fault_scale.unwrap_or(1.0);
         let mut faults = FaultRates::default();
         if scale > 0.0 && !rng.chance(0.1) {
@@ -106,9 +119,21 @@ impl Scenario {
             faults.torn_writes = rng.chance(0.5);
             faults.impostor_chance = if rng.chance(0.3) { 0.5 } else { 0.0 };
         }
+        // Drawn last, so every other draw of a seed stays as it was.
+        let slots = options
+            .slots
+            .unwrap_or_else(|| {
+                if rng.chance(0.5) {
+                    resources
+                } else {
+                    resources + rng.range(1, 12) as u32
+                }
+            })
+            .max(resources);
         Scenario {
             hosts,
             resources,
+            slots,
             sector_size_bytes,
             duration_ms,
             io_timeout_ms,
@@ -141,10 +166,11 @@ impl fmt::Display for Scenario {
         };
         write!(
             f,
-            "hosts={} resources={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
+            "hosts={} resources={} slots={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
              path={} device_stall={} pause={} clock_jump={} crash={} corruption={} io_stall={} torn={} impostors={} planted={}",
             self.hosts,
             self.resources,
+            self.slots,
             self.sector_size_bytes,
             self.duration_ms / 1000,
             self.watchdog.iter().filter(|w| **w).count(),

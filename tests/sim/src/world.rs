@@ -185,7 +185,7 @@ impl World {
         let geometry = Geometry::new(
             scenario.sector_size_bytes,
             scenario.hosts.max(2),
-            scenario.resources,
+            scenario.slots,
             scenario.sector_size_bytes,
         )
         .expect("simulator geometry");

@@ -156,3 +156,26 @@ fn a_few_hundred_hosts() {
     assert!(outcome.violations.is_empty(), "{}", describe(&outcome));
     assert!(outcome.stats.joins >= 300, "{:?}", outcome.stats);
 }
+
+#[test]
+fn ten_thousand_slots() {
+    // The name path at scale: names far apart on a large device, claims
+    // scanning 10 000 slots, with faults on.
+    let options = Options {
+        hosts: Some(3),
+        resources: Some(2),
+        slots: Some(10_000),
+        duration_s: Some(150),
+        latency_ms: Some((1, 1)),
+        ..Options::default()
+    };
+    let outcomes = batch(0, 6, &options);
+    let bad: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.violations.is_empty())
+        .map(describe)
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    let acquires: u64 = outcomes.iter().map(|o| o.stats.acquires_ok).sum();
+    assert!(acquires > 100, "only {acquires} acquires");
+}
