@@ -234,7 +234,17 @@ pub struct Space {
     /// The daemon's exit status when the join failed for good: 3 when
     /// another host uses our host id, else 1.
     pub failed_exit_status: std::sync::atomic::AtomicI32,
+    /// Changes this host made to resource slots (acquires, releases,
+    /// payload writes), published in our host record so the other hosts
+    /// re-read the slots only when it moves.
+    resource_changes: std::sync::atomic::AtomicU64,
+    /// The count our record carries (u64::MAX: not known, publish).
+    published_changes: std::sync::atomic::AtomicU64,
 }
+
+/// A change to publish waits at least this long after the last renewal:
+/// a burst of changes costs one early renewal, not one each.
+const PUBLISH_GAP_MS: u64 = 100;
 
 fn clock() -> SystemClock {
     SystemClock
@@ -274,6 +284,8 @@ impl Space {
             destroyed_vms: Mutex::new(std::collections::BTreeSet::new()),
             floor_pending: std::sync::atomic::AtomicBool::new(false),
             failed_exit_status: std::sync::atomic::AtomicI32::new(1),
+            resource_changes: std::sync::atomic::AtomicU64::new(1),
+            published_changes: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -365,6 +377,62 @@ impl Space {
             if now_ms >= deadline_ms {
                 return false;
             }
+            let wait = Duration::from_millis(deadline_ms - now_ms);
+            stopped = match self.stop.1.wait_timeout(stopped, wait) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Count a change this host made to a resource slot, and have the
+    /// renewal thread publish it soon.
+    pub fn note_resource_change(&self) {
+        self.resource_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Under the lock, so a renewal thread that just found nothing
+        // pending is already waiting when it is woken.
+        let _guard = match self.stop.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.stop.1.notify_all();
+    }
+
+    /// This host's count of resource changes (see [`Self::note_resource_change`]).
+    pub fn resource_changes(&self) -> u64 {
+        self.resource_changes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changes_pending(&self) -> bool {
+        self.resource_changes()
+            != self
+                .published_changes
+                .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The renewal thread's wait: until `regular_ms`, or until `publish_ms`
+    /// once a resource change waits to be published. True when stopped.
+    fn wait_for_renewal(&self, regular_ms: u64, publish_ms: u64) -> bool {
+        let mut stopped = match self.stop.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        loop {
+            if *stopped {
+                return true;
+            }
+            let now_ms = clock().now_ms();
+            let pending = self.changes_pending();
+            if now_ms >= regular_ms || (pending && now_ms >= publish_ms) {
+                return false;
+            }
+            let deadline_ms = if pending {
+                regular_ms.min(publish_ms)
+            } else {
+                regular_ms
+            };
             let wait = Duration::from_millis(deadline_ms - now_ms);
             stopped = match self.stop.1.wait_timeout(stopped, wait) {
                 Ok((guard, _)) => guard,
@@ -888,8 +956,18 @@ impl Space {
         mut raise_floor: bool,
     ) -> bool {
         let mut advertised = self.capacity();
+        // A new incarnation (or a takeover) counts on from the record's
+        // count, and publishes at its first renewal.
+        if let Some(lease) = self.lock().lease.as_ref() {
+            self.resource_changes.fetch_max(
+                lease.record.resource_changes.wrapping_add(1),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
+        self.published_changes
+            .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
         loop {
-            let (lease, next_ms) = {
+            let (lease, next_ms, publish_ms) = {
                 let state = self.lock();
                 if let Phase::SelfFenced(_) = state.phase {
                     return true;
@@ -903,19 +981,28 @@ impl Space {
                 } else {
                     clock().now_ms() + (timeouts.io_timeout_ms / 2).max(1)
                 };
-                (lease, next_ms)
+                // No early renewal while renewals fail: they retry on
+                // their own schedule.
+                let publish_ms = if state.consecutive_failures == 0 {
+                    lease.last_renewal_ms + PUBLISH_GAP_MS
+                } else {
+                    u64::MAX
+                };
+                (lease, next_ms, publish_ms)
             };
-            if self.sleep_until(next_ms) {
+            if self.wait_for_renewal(next_ms, publish_ms) {
                 return false;
             }
             if let Phase::SelfFenced(_) = self.lock().phase {
                 return true;
             }
             let capacity = self.capacity();
+            let changes = self.resource_changes();
             let request = RenewRequest {
                 scan: true,
                 capacity: (capacity != advertised).then_some(capacity),
                 raise_floor,
+                resource_changes: self.changes_pending().then_some(changes),
             };
             let result = run(delta::renew(space, &lease, request), disk, &clock());
             self.last_attempt_ms
@@ -923,6 +1010,10 @@ impl Space {
             match result {
                 Ok(renewal) => {
                     advertised = capacity;
+                    self.published_changes.store(
+                        renewal.lease.record.resource_changes,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
                     if raise_floor {
                         raise_floor = false;
                         self.emit(
@@ -1050,6 +1141,7 @@ impl Space {
                 // Best effort: after a FENCED mark or the watchdog rule the
                 // others may take these anyway.
                 let _ = run(paxos::release(space, request), disk, &clock());
+                self.note_resource_change();
                 if let HeldBy::Process(pid) = held.by {
                     self.context
                         .holders
@@ -1248,7 +1340,9 @@ impl Space {
             io_timeout_ms: self.config.io_timeout_ms,
             seed: lease::ids::random_u64(),
         };
-        match run(resource::acquire(space, request), disk, &clock()) {
+        let acquired = run(resource::acquire(space, request), disk, &clock());
+        self.note_resource_change();
+        match acquired {
             Ok((slot, leader)) => {
                 let held = Held {
                     slot,
@@ -1473,6 +1567,7 @@ impl Space {
             name: Some(resource.to_string()),
         };
         let result = run(paxos::release(space, request), disk, &clock());
+        self.note_resource_change();
         if let Err(LeaseError::Disk(_)) = &result {
             self.lock()
                 .pending_release
@@ -1570,7 +1665,9 @@ impl Space {
     fn retry_pending_releases(&self, disk: &dyn lease::disk::Disk, space: &Lockspace) {
         let pending = std::mem::take(&mut self.lock().pending_release);
         for (name, owner) in pending {
-            match run(resource::release(space, &name, owner), disk, &clock()) {
+            let released = run(resource::release(space, &name, owner), disk, &clock());
+            self.note_resource_change();
+            match released {
                 Ok(_) => {}
                 Err(LeaseError::Disk(_)) => self.lock().pending_release.push((name, owner)),
                 Err(e) => self.emit(
@@ -1646,6 +1743,27 @@ impl Space {
             (Some(monitor), Some(space)) => (monitor.records(space), monitor.dead_hosts()),
             _ => (Vec::new(), Vec::new()),
         }
+    }
+
+    /// Is some other host neither plainly live nor over: silent, unknown,
+    /// unreadable, or live but with a record that has stood still for more
+    /// than `still_ms`? Then a fence (and a failover) may be under way, and
+    /// that host may have changed slots without publishing a count. (A
+    /// host that left, was fenced or is dead by the watchdog rule changes
+    /// nothing any more.)
+    pub fn hosts_unsettled(&self, still_ms: u64) -> bool {
+        let state = self.lock();
+        let (Some(monitor), Some(space)) = (&state.monitor, &state.lockspace) else {
+            return false;
+        };
+        monitor.hosts(space).iter().any(|h| {
+            !h.this_host
+                && match h.state.as_str() {
+                    "unused" | "left" | "fenced" | "dead" => false,
+                    "live" => h.unchanged_for_ms > still_ms,
+                    _ => true,
+                }
+        })
     }
 
     /// The VM leases held here: resource name -> domain UUID.

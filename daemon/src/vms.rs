@@ -39,6 +39,8 @@ const BUSY_AFTER_REQUEST_MS: u64 = 5_000;
 /// A cached record is read again after this long even if its leader did
 /// not change (its holder may have rewritten it).
 const RECORD_REFRESH_MS: u64 = 5_000;
+/// How long a waiting VM has the registry read every round.
+const WAITING_FAST_MS: u64 = 60_000;
 
 fn now_ms() -> u64 {
     SystemClock.now_ms()
@@ -160,8 +162,21 @@ pub struct VmManager {
     stray: Vec<(String, String)>,
     /// When the last registry scan ran, and the host states it saw.
     last_scan_ms: u64,
-    last_fingerprint: Vec<(u32, &'static str, u64)>,
+    last_fingerprint: Fingerprint,
+    /// When our own VMs were last checked against libvirt.
+    last_check_ms: u64,
+    /// The cache is not the device's registry: read it at the next round
+    /// (at start, after records were forgotten, after a failed scan).
+    needs_scan: bool,
     busy_until_ms: u64,
+}
+
+/// What the VM manager last saw of the hosts: per host id its state,
+/// generation and published count of resource changes; and ours.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Fingerprint {
+    hosts: BTreeMap<u32, (&'static str, u64, u64)>,
+    own_changes: u64,
 }
 
 /// Start the VM manager's thread; the returned sender takes its requests.
@@ -182,7 +197,9 @@ pub fn start(context: Arc<Context>, space: Arc<Space>) -> std::io::Result<mpsc::
         unsure: Vec::new(),
         stray: Vec::new(),
         last_scan_ms: 0,
-        last_fingerprint: Vec::new(),
+        last_fingerprint: Fingerprint::default(),
+        last_check_ms: 0,
+        needs_scan: true,
         busy_until_ms: 0,
     };
     std::thread::Builder::new()
@@ -209,23 +226,44 @@ impl VmManager {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             let fingerprint = self.host_fingerprint();
-            // With HA VMs registered, the host area is read every round
-            // (one I/O), for `unseen_fence` and then the round itself.
-            let area = if self.cache.is_empty() {
-                None
-            } else {
+            let io_timeout_ms = u64::from(self.space.config.io_timeout_ms);
+            let renew_interval_ms = (2 * io_timeout_ms).max(1_000);
+            // While a fence may be under way, the host area is read every
+            // round (one I/O) to see a FENCED mark before our monitor's
+            // next renewal does; when every host is plainly live, never.
+            let unsettled = self
+                .space
+                .hosts_unsettled(renew_interval_ms + io_timeout_ms);
+            let area = if !self.cache.is_empty() && unsettled {
                 self.read_host_area()
+            } else {
+                None
             };
             let now = now_ms();
-            // Quiet: every renewal interval (at least 1 s), which bounds
-            // how long a VM handed to this host from another waits.
-            let idle_ms = (2 * u64::from(self.space.config.io_timeout_ms)).max(1_000);
-            let due = now >= self.last_scan_ms.saturating_add(idle_ms)
+            // The slots are read again only when something may have
+            // changed them: a host's state, generation or published count
+            // of resource changes moved (ours included), a request, a start
+            // to resolve, or a VM waiting for a host.
+            let changed = fingerprint != self.last_fingerprint;
+            let rescan = changed
+                || self.needs_scan
                 || now < self.busy_until_ms
-                || !self.waiting_since.is_empty()
                 || !self.stray.is_empty()
                 || !self.unsure.is_empty()
-                || fingerprint != self.last_fingerprint
+                // A VM waiting for a host: every round for its first
+                // minute (a failover: turns and priority waves move on
+                // as soon as another host takes a VM), then every renewal
+                // interval (a VM that fits nowhere).
+                || self
+                    .waiting_since
+                    .values()
+                    .any(|since| now.saturating_sub(*since) < WAITING_FAST_MS)
+                // A VM waiting, or a host whose published count cannot be
+                // trusted (its sector unreadable, or it stopped renewing:
+                // it may change slots without a count to show for it):
+                // every renewal interval.
+                || (!self.waiting_since.is_empty() || unsettled)
+                    && now >= self.last_scan_ms.saturating_add(renew_interval_ms)
                 // This host just fenced one: its VMs wait from now on,
                 // before our monitor sees the mark at its next renewal.
                 || self
@@ -233,9 +271,18 @@ impl VmManager {
                     .fenced_one
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
                 || area.as_ref().is_some_and(|a| self.unseen_fence(a));
-            if due {
-                self.tick(area);
-                self.last_scan_ms = now;
+            // Our own VMs are checked against libvirt every renewal
+            // interval, from what the last scan read.
+            let check = now >= self.last_check_ms.saturating_add(renew_interval_ms);
+            if changed {
+                self.forget_changed(&fingerprint);
+            }
+            if rescan || check {
+                self.tick(area, rescan);
+                if rescan {
+                    self.last_scan_ms = now;
+                }
+                self.last_check_ms = now;
                 self.last_fingerprint = fingerprint;
             }
             next_tick_ms = now_ms() + TICK_MS;
@@ -278,13 +325,41 @@ impl VmManager {
         })
     }
 
-    /// Every host's state as seen now (memory only, no I/O).
-    fn host_fingerprint(&self) -> Vec<(u32, &'static str, u64)> {
+    /// Every host's state as seen now, and the counts of resource changes
+    /// each publishes (memory only, no I/O).
+    fn host_fingerprint(&self) -> Fingerprint {
         let (records, _) = self.space.host_records();
-        records
-            .into_iter()
-            .map(|(h, state, record)| (h.get(), state, record.map_or(0, |r| r.generation)))
-            .collect()
+        Fingerprint {
+            hosts: records
+                .into_iter()
+                .map(|(h, state, record)| {
+                    let (generation, changes) =
+                        record.map_or((0, 0), |r| (r.generation, r.resource_changes));
+                    (h.get(), (state, generation, changes))
+                })
+                .collect(),
+            own_changes: self.space.resource_changes(),
+        }
+    }
+
+    /// A host whose count of resource changes moved may have rewritten the
+    /// payload of any slot it holds: those records are read again at the
+    /// next scan (a payload is written only by its lease holder; any
+    /// other change shows in the slot's leader or dblocks, which every scan
+    /// reads).
+    fn forget_changed(&mut self, fingerprint: &Fingerprint) {
+        let moved: BTreeSet<u32> = fingerprint
+            .hosts
+            .iter()
+            .filter(|(h, now)| self.last_fingerprint.hosts.get(h) != Some(now))
+            .map(|(h, _)| *h)
+            .collect();
+        self.cache.retain(|_, (entry, _)| {
+            entry
+                .holder
+                .is_none_or(|owner| !moved.contains(&owner.host_id.get()))
+        });
+        self.needs_scan = true;
     }
 
     fn emit(&self, level: Level, kind: &str, message: impl Into<String>) {
@@ -376,6 +451,7 @@ impl VmManager {
             cache.insert(entry.slot, (entry.clone(), read_ms));
         }
         self.cache = cache;
+        self.needs_scan = false;
         Ok(entries)
     }
 
@@ -488,12 +564,15 @@ impl VmManager {
             )
         })?;
         let (disk, space) = self.device()?;
-        run(
+        let written = run(
             payload::write(&space, slot, owner, record.encode()),
             disk,
             &SystemClock,
-        )?;
+        );
+        self.space.note_resource_change();
+        written?;
         self.cache.remove(&slot);
+        self.needs_scan = true;
         Ok(())
     }
 
@@ -528,7 +607,9 @@ impl VmManager {
     }
 
     /// A round; `area` is the host area if this round read it already.
-    fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>) {
+    /// One round: with `rescan`, from the registry as the device has it
+    /// now; else from the last scan's entries (nothing changed since).
+    fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>, rescan: bool) {
         if !self.stray.is_empty() {
             self.destroy_strays();
         }
@@ -538,12 +619,19 @@ impl VmManager {
         if self.space.owner().is_none() {
             return;
         }
-        let entries = match self.scan() {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("registry scan failed: {e}");
-                return;
+        let entries = if rescan {
+            match self.scan() {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!("registry scan failed: {e}");
+                    return;
+                }
             }
+        } else {
+            self.cache
+                .values()
+                .map(|(entry, _)| entry.clone())
+                .collect()
         };
         let hosts = self.hosts(&entries, area);
         self.publish_headroom(&entries, &hosts);
@@ -1615,17 +1703,20 @@ impl VmManager {
         {
             let owner = self.joined()?;
             let (disk, space) = self.device()?;
-            run(
+            let written = run(
                 payload::write(&space, entry.slot, owner, Vec::new()),
                 disk,
                 &SystemClock,
-            )?;
+            );
+            self.space.note_resource_change();
+            written?;
         }
         let uuid = record.uuid.clone();
         // Best effort: a definition left behind runs nothing.
         let _ = self.libvirt("undefine", move |h| h.undefine(&uuid));
         self.release(&record.name, &record.uuid, true)?;
         self.cache.remove(&entry.slot);
+        self.needs_scan = true;
         self.emit(
             Level::Info,
             "vm-removed",

@@ -75,6 +75,8 @@ pub struct RenewRequest {
     pub scan: bool,
     /// New capacity to advertise, if it changed.
     pub capacity: Option<Capacity>,
+    /// New count of this host's resource changes to publish, if it moved.
+    pub resource_changes: Option<u64>,
     /// Declare every older generation of this host over (raise the
     /// generation floor to ours): only once this host knows that nothing of
     /// its earlier incarnations still runs (it rebooted, or killed them).
@@ -177,6 +179,7 @@ async fn join_inner(
         fence_method: request.fence_method,
         host_name: request.host_name.clone(),
         shared_settings: request.shared_settings,
+        resource_changes: 0,
     };
     let written_ms = port.now_ms();
     space.write_host(port, &record).await?;
@@ -389,6 +392,9 @@ async fn renew_inner(
     record.timestamp_ms = port.now_ms().max(found.timestamp_ms.saturating_add(1));
     if let Some(capacity) = request.capacity {
         record.capacity = capacity;
+    }
+    if let Some(changes) = request.resource_changes {
+        record.resource_changes = changes;
     }
     let floor_due = lease
         .raise_floor_at_ms

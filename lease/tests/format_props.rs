@@ -42,13 +42,13 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
             0u8..4,
             name(64),
         ),
-        any::<[u32; 2]>(),
+        (any::<[u32; 2]>(), any::<u64>()),
     )
         .prop_map(
             |(
                 (id, flags, generation, timestamp_ms, io_timeout_ms),
                 (fencer, fenced, nonce, cap, method, host_name),
-                digests,
+                (digests, resource_changes),
             )| {
                 HostRecord {
                     host_id: HostId::new(id).expect("nonzero"),
@@ -81,6 +81,7 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
                         failover_digest: digests[0],
                         cluster_digest: digests[1],
                     },
+                    resource_changes,
                 }
             },
         )

@@ -23,7 +23,8 @@ const FENCE_METHOD_OFFSET: usize = 136; // u8
 const HOST_NAME_OFFSET: usize = 144; // 64 bytes
 const FAILOVER_DIGEST_OFFSET: usize = 208; // u32
 const CLUSTER_DIGEST_OFFSET: usize = 212; // u32
-const RESERVED_OFFSET: usize = 216;
+const RESOURCE_CHANGES_OFFSET: usize = 216; // u64
+const RESERVED_OFFSET: usize = 224;
 
 /// Host record flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -151,6 +152,11 @@ pub struct HostRecord {
     pub fence_method: FenceMethod,
     pub host_name: String,
     pub shared_settings: SharedSettings,
+    /// Counts the changes this host made to resource slots (leases,
+    /// payloads): another host re-reads the slots only when a counter
+    /// moves. Its value means nothing across hosts or generations; only a
+    /// change does.
+    pub resource_changes: u64,
 }
 
 impl HostRecord {
@@ -170,6 +176,7 @@ impl HostRecord {
             fence_method: FenceMethod::None,
             host_name: String::new(),
             shared_settings: SharedSettings::default(),
+            resource_changes: 0,
         }
     }
 
@@ -218,6 +225,7 @@ impl HostRecord {
         e.name(HOST_NAME_OFFSET, HOST_NAME_BYTES, &self.host_name);
         e.u32(FAILOVER_DIGEST_OFFSET, self.shared_settings.failover_digest);
         e.u32(CLUSTER_DIGEST_OFFSET, self.shared_settings.cluster_digest);
+        e.u64(RESOURCE_CHANGES_OFFSET, self.resource_changes);
         Ok(e.seal(RecordKind::Host, lockspace, sector_size_bytes))
     }
 
@@ -259,6 +267,7 @@ impl HostRecord {
                 failover_digest: d.u32(FAILOVER_DIGEST_OFFSET),
                 cluster_digest: d.u32(CLUSTER_DIGEST_OFFSET),
             },
+            resource_changes: d.u64(RESOURCE_CHANGES_OFFSET),
         };
         if record.generation_floor > record.generation {
             return Err(FormatError::BadField {

@@ -738,6 +738,7 @@ impl World {
             scan: true,
             capacity: None,
             raise_floor: process.raise_floor_pending,
+            resource_changes: None,
         };
         let op = delta::renew(&self.space, lease, request);
         process.renew.start(Running::Renew(op));
