@@ -290,23 +290,30 @@ fn bench_size(hosts: u32, slots: u32, dir: &str, idle_s: u64) -> Vec<Row> {
     let after = block_ops(&path).unwrap_or((0, 0));
     let seconds = started.elapsed().as_secs_f64();
     let memory = memory_kib(host.daemon_pid());
+    let reads = after.0 - before.0;
+    let writes = after.1 - before.1;
     rows.push(Row {
-        what: "idle daemon, device ops per second",
+        what: "idle daemon (device ops, memory)",
         io: IoCount {
-            reads: ((after.0 - before.0) as f64 / seconds).round() as u64,
-            writes: ((after.1 - before.1) as f64 / seconds).round() as u64,
+            reads,
+            writes,
             ..IoCount::default()
         },
         ms: 0.0,
-        note: match memory {
-            Some((rss, pss, private)) => format!(
-                "RSS {:.1} MB, PSS {:.1} MB, private {:.1} MB",
-                rss as f64 / 1024.0,
-                pss as f64 / 1024.0,
-                private as f64 / 1024.0
-            ),
-            None => "memory unreadable".to_string(),
-        },
+        note: format!(
+            "{:.2} reads/s + {:.2} writes/s over {seconds:.0} s; {}",
+            reads as f64 / seconds,
+            writes as f64 / seconds,
+            match memory {
+                Some((rss, pss, private)) => format!(
+                    "RSS {:.1} MB, PSS {:.1} MB, private {:.1} MB",
+                    rss as f64 / 1024.0,
+                    pss as f64 / 1024.0,
+                    private as f64 / 1024.0
+                ),
+                None => "memory unreadable".to_string(),
+            }
+        ),
     });
     let _ = host.terminate();
     drop(loop_device);
@@ -347,10 +354,7 @@ fn main() {
             .map(|(_, rows)| {
                 let r = &rows[i];
                 if r.ms == 0.0 {
-                    format!(
-                        "{} reads/s + {} writes/s; {}",
-                        r.io.reads, r.io.writes, r.note
-                    )
+                    r.note.clone()
                 } else {
                     format!(
                         "{} reads ({}), {} writes, {:.1} ms",

@@ -365,24 +365,7 @@ impl Space {
 
     /// Sleep until `deadline_ms` on our clock or until stopped; true if stopped.
     pub fn sleep_until(&self, deadline_ms: u64) -> bool {
-        let mut stopped = match self.stop.0.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        loop {
-            if *stopped {
-                return true;
-            }
-            let now_ms = clock().now_ms();
-            if now_ms >= deadline_ms {
-                return false;
-            }
-            let wait = Duration::from_millis(deadline_ms - now_ms);
-            stopped = match self.stop.1.wait_timeout(stopped, wait) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
+        self.wait_for_renewal(deadline_ms, u64::MAX)
     }
 
     /// Count a change this host made to a resource slot, and have the
@@ -413,7 +396,8 @@ impl Space {
     }
 
     /// The renewal thread's wait: until `regular_ms`, or until `publish_ms`
-    /// once a resource change waits to be published. True when stopped.
+    /// once a resource change waits to be published (never with
+    /// `u64::MAX`). True when stopped.
     fn wait_for_renewal(&self, regular_ms: u64, publish_ms: u64) -> bool {
         let mut stopped = match self.stop.0.lock() {
             Ok(guard) => guard,
