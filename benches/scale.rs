@@ -23,7 +23,7 @@ use lease::paxos::{self, ReleaseRequest};
 use lease::resource::{self, NamedAcquire};
 use lease::{HostId, Lockspace};
 use leasehold_tests::daemon::{Host, HostSpec};
-use leasehold_tests::{leasehold_bin, sparse_file, LoopDevice, Scratch};
+use leasehold_tests::{block_ops, leasehold_bin, sparse_file, LoopDevice, Scratch};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -69,17 +69,6 @@ fn measure<T>(disk: &CountingDisk<DirectDisk>, f: impl FnOnce() -> T) -> (T, IoC
     let value = f();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     (value, disk.count().since(before), ms)
-}
-
-/// Reads and writes completed by a block device (its /sys stat).
-fn block_ops(device: &str) -> Option<(u64, u64)> {
-    let name = device.rsplit('/').next()?;
-    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).ok()?;
-    let fields: Vec<u64> = stat
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    Some((*fields.first()?, *fields.get(4)?))
 }
 
 /// RSS, PSS and private anonymous memory of `pid`, in KiB.

@@ -5,21 +5,10 @@
 
 use leasehold_daemon::placement::Priority;
 use leasehold_tests::cluster::{vm, Cluster, ClusterSpec};
-use leasehold_tests::wait_long;
+use leasehold_tests::{block_ops, wait_long};
 use std::time::{Duration, Instant};
 
 const T_MS: u32 = 500;
-
-/// Reads and writes the block device has completed (/sys/block/*/stat).
-fn block_ops(device: &str) -> (u64, u64) {
-    let name = device.rsplit('/').next().expect("device name");
-    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).expect("block stat");
-    let fields: Vec<u64> = stat
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    (fields[0], fields[4])
-}
 
 #[test]
 fn an_idle_cluster_reads_the_device_once_per_renewal_and_still_sees_changes() {
@@ -39,10 +28,10 @@ fn an_idle_cluster_reads_the_device_once_per_renewal_and_still_sees_changes() {
     // Let the after-request rounds end.
     std::thread::sleep(Duration::from_secs(7));
     let device = c.host(1).spec.device.clone();
-    let (reads_before, writes_before) = block_ops(&device);
+    let (reads_before, writes_before) = block_ops(&device).expect("block stat");
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
-    let (reads_after, writes_after) = block_ops(&device);
+    let (reads_after, writes_after) = block_ops(&device).expect("block stat");
     let seconds = started.elapsed().as_secs_f64();
     let renewals = seconds / (2.0 * f64::from(T_MS) / 1000.0);
     let hosts = 3.0;

@@ -606,9 +606,9 @@ impl VmManager {
         }
     }
 
-    /// A round; `area` is the host area if this round read it already.
-    /// One round: with `rescan`, from the registry as the device has it
-    /// now; else from the last scan's entries (nothing changed since).
+    /// One round; `area` is the host area if this round read it already.
+    /// With `rescan`, from the registry as the device has it now; else from
+    /// the last scan's entries (nothing changed since).
     fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>, rescan: bool) {
         if !self.stray.is_empty() {
             self.destroy_strays();

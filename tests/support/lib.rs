@@ -202,6 +202,18 @@ impl Drop for LoopDevice {
 }
 
 /// Create a sparse file of `size_bytes`.
+/// Reads and writes a block device has completed (its /sys/block stat),
+/// e.g. "/dev/loop3".
+pub fn block_ops(device: &str) -> Option<(u64, u64)> {
+    let name = device.rsplit('/').next()?;
+    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).ok()?;
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.first()?, *fields.get(4)?))
+}
+
 pub fn sparse_file(path: &str, size_bytes: u64) {
     let file = std::fs::File::create(path).expect("create backing file");
     file.set_len(size_bytes).expect("size backing file");
