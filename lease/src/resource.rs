@@ -225,6 +225,31 @@ fn free_slot(name: &str, slots: &mut SlotScan) -> Result<Option<u32>, LeaseError
     Ok(probe_order(name, max_resources).find(|slot| free.contains(slot)))
 }
 
+/// From a scan of every slot: the slot carrying `name` (false), or the
+/// free slot to claim for it (true).
+async fn scanned_slot(
+    port: &Port,
+    space: &Lockspace,
+    name: &str,
+) -> Result<(u32, bool), LeaseError> {
+    let mut slots = scan_inner(port, space).await?;
+    let mut found = find(&slots, name);
+    if found.is_none() {
+        // Before claiming a new slot, look past lagging leaders.
+        slots = scan_deep(port, space).await?;
+        found = find(&slots, name);
+    }
+    if let Some((slot, _)) = found {
+        return Ok((slot, false));
+    }
+    match free_slot(name, &mut slots)? {
+        Some(slot) => Ok((slot, true)),
+        None => Err(LeaseError::NoFreeSlot {
+            max_resources: space.geometry.max_resources(),
+        }),
+    }
+}
+
 /// Acquire the resource `name`, claiming a free slot if no slot carries it.
 /// Returns the slot and the leader we wrote.
 pub fn acquire(
@@ -265,26 +290,7 @@ async fn acquire_inner(
         };
         let (slot, claim) = match probed {
             Some((slot, _)) => (slot, false),
-            None => {
-                let mut slots = scan_inner(port, space).await?;
-                let mut found = find(&slots, &request.name);
-                if found.is_none() {
-                    // Before claiming a new slot, look past lagging leaders.
-                    slots = scan_deep(port, space).await?;
-                    found = find(&slots, &request.name);
-                }
-                match found {
-                    Some((slot, _)) => (slot, false),
-                    None => match free_slot(&request.name, &mut slots)? {
-                        Some(slot) => (slot, true),
-                        None => {
-                            return Err(LeaseError::NoFreeSlot {
-                                max_resources: space.geometry.max_resources(),
-                            })
-                        }
-                    },
-                }
-            }
+            None => scanned_slot(port, space, &request.name).await?,
         };
         let (leader, held_before) =
             match paxos::acquire_flagged(port, space, &paxos_request(slot, claim)).await {
