@@ -238,8 +238,6 @@ pub struct Space {
     /// payload writes), published in our host record so the other hosts
     /// re-read the slots only when it moves.
     resource_changes: std::sync::atomic::AtomicU64,
-    /// The count our record carries (u64::MAX: not known, publish).
-    published_changes: std::sync::atomic::AtomicU64,
 }
 
 /// A change to publish waits at least this long after the last renewal:
@@ -285,7 +283,6 @@ impl Space {
             floor_pending: std::sync::atomic::AtomicBool::new(false),
             failed_exit_status: std::sync::atomic::AtomicI32::new(1),
             resource_changes: std::sync::atomic::AtomicU64::new(1),
-            published_changes: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -365,7 +362,7 @@ impl Space {
 
     /// Sleep until `deadline_ms` on our clock or until stopped; true if stopped.
     pub fn sleep_until(&self, deadline_ms: u64) -> bool {
-        self.wait_for_renewal(deadline_ms, u64::MAX)
+        self.wait_for_renewal(deadline_ms, u64::MAX, self.resource_changes())
     }
 
     /// Count a change this host made to a resource slot, and have the
@@ -388,17 +385,11 @@ impl Space {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn changes_pending(&self) -> bool {
-        self.resource_changes()
-            != self
-                .published_changes
-                .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// The renewal thread's wait: until `regular_ms`, or until `publish_ms`
-    /// once a resource change waits to be published (never with
-    /// `u64::MAX`). True when stopped.
-    fn wait_for_renewal(&self, regular_ms: u64, publish_ms: u64) -> bool {
+    /// once our count of resource changes differs from `published` (the
+    /// count our record carries); never early with `publish_ms` u64::MAX.
+    /// True when stopped.
+    fn wait_for_renewal(&self, regular_ms: u64, publish_ms: u64, published: u64) -> bool {
         let mut stopped = match self.stop.0.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -408,7 +399,7 @@ impl Space {
                 return true;
             }
             let now_ms = clock().now_ms();
-            let pending = self.changes_pending();
+            let pending = self.resource_changes() != published;
             if now_ms >= regular_ms || (pending && now_ms >= publish_ms) {
                 return false;
             }
@@ -940,16 +931,14 @@ impl Space {
         mut raise_floor: bool,
     ) -> bool {
         let mut advertised = self.capacity();
-        // A new incarnation (or a takeover) counts on from the record's
-        // count, and publishes at its first renewal.
+        // A new incarnation (or a takeover) counts on past the record's
+        // count, so its first renewal publishes a count that moved.
         if let Some(lease) = self.lock().lease.as_ref() {
             self.resource_changes.fetch_max(
                 lease.record.resource_changes.wrapping_add(1),
                 std::sync::atomic::Ordering::SeqCst,
             );
         }
-        self.published_changes
-            .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
         loop {
             let (lease, next_ms, publish_ms) = {
                 let state = self.lock();
@@ -974,7 +963,8 @@ impl Space {
                 };
                 (lease, next_ms, publish_ms)
             };
-            if self.wait_for_renewal(next_ms, publish_ms) {
+            let published = lease.record.resource_changes;
+            if self.wait_for_renewal(next_ms, publish_ms, published) {
                 return false;
             }
             if let Phase::SelfFenced(_) = self.lock().phase {
@@ -986,7 +976,7 @@ impl Space {
                 scan: true,
                 capacity: (capacity != advertised).then_some(capacity),
                 raise_floor,
-                resource_changes: self.changes_pending().then_some(changes),
+                resource_changes: (changes != published).then_some(changes),
             };
             let result = run(delta::renew(space, &lease, request), disk, &clock());
             self.last_attempt_ms
@@ -994,10 +984,6 @@ impl Space {
             match result {
                 Ok(renewal) => {
                     advertised = capacity;
-                    self.published_changes.store(
-                        renewal.lease.record.resource_changes,
-                        std::sync::atomic::Ordering::SeqCst,
-                    );
                     if raise_floor {
                         raise_floor = false;
                         self.emit(
