@@ -242,7 +242,19 @@ fn corrupted_sectors_are_reported_and_never_used() {
     let table = leasehold_ok(&["dump", &path]);
     assert_eq!(table.matches("UNUSABLE").count(), 2, "{table}");
 
-    // The corrupt slot is not free, and while it is unusable no new name is claimed.
+    // The corrupt slot is not free, and no name whose window (its probe
+    // sequence up to a never-owned slot) reaches it is claimed: it might
+    // hold that name.
+    let vm1_slot = (0..4)
+        .find(|slot| before["resources"][*slot]["name"] == "vm1")
+        .expect("vm1 in a slot");
+    let home = |slot: u32| {
+        (0..1000)
+            .map(|n| format!("vm-{n}"))
+            .find(|name| lease::resource::home_slot(name, 4) == slot)
+            .expect("a name for each home slot")
+    };
+    let blocked = home(0);
     let out = leasehold(&[
         "direct",
         "acquire",
@@ -250,7 +262,7 @@ fn corrupted_sectors_are_reported_and_never_used() {
         "--host-id",
         "1",
         "--resource",
-        "vm2",
+        &blocked,
     ]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
     assert!(
@@ -258,6 +270,21 @@ fn corrupted_sectors_are_reported_and_never_used() {
         "{}",
         stderr_of(&out)
     );
+    // A name whose home slot was never owned stops there: the corrupt slot
+    // is outside its window, and it is claimed.
+    let clear = (1..4u32)
+        .find(|slot| *slot as usize != vm1_slot)
+        .map(home)
+        .expect("a slot other than vm1's");
+    leasehold_ok(&[
+        "direct",
+        "acquire",
+        &path,
+        "--host-id",
+        "1",
+        "--resource",
+        &clear,
+    ]);
     // The corrupt host sector is not free for a joiner either.
     let out = leasehold(&[
         "direct",

@@ -179,6 +179,7 @@ pub fn dump(disk: &dyn Disk) -> Result<Dump, LeaseError> {
         lockspace: space.name.clone(),
         geometry,
         io_timeout_ms: space.io_timeout_ms,
+        names_probed: space.names_probed,
     };
     Ok(Dump {
         device: disk.name().to_string(),

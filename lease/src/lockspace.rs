@@ -19,6 +19,9 @@ pub struct Lockspace {
     pub geometry: Geometry,
     /// The io_timeout in the header (the default for hosts).
     pub io_timeout_ms: u32,
+    /// Names lie along their probe sequences (the header's flag): name
+    /// scans stop at the first never-owned slot of the sequence.
+    pub names_probed: bool,
     /// A deliberately unsafe variant to run (simulator builds only).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<crate::planted::PlantedBug>,
@@ -65,6 +68,7 @@ impl Lockspace {
             name: header.lockspace.clone(),
             geometry,
             io_timeout_ms: header.io_timeout_ms,
+            names_probed: header.names_probed,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         })
@@ -214,6 +218,16 @@ impl Lockspace {
         port: &Port,
         location: &LeaseLocation,
     ) -> Result<Vec<DblockRecord>, LeaseError> {
+        Ok(self.read_lease(port, location).await?.1)
+    }
+
+    /// A lease's leader and all its dblocks, in one contiguous read of
+    /// `lease_size_bytes`. Any unusable sector fails the whole read.
+    pub(crate) async fn read_lease(
+        &self,
+        port: &Port,
+        location: &LeaseLocation,
+    ) -> Result<(LeaderRecord, Vec<DblockRecord>), LeaseError> {
         let bytes = port
             .read(
                 location.leader_offset_bytes,
@@ -241,6 +255,6 @@ impl Lockspace {
             dblocks.push(dblock);
         }
         assert_eq!(dblocks.len(), self.geometry.max_hosts() as usize);
-        Ok(dblocks)
+        Ok((leader, dblocks))
     }
 }

@@ -7,30 +7,39 @@
 //! first free slot of that sequence, so a lookup reads the leaders along it
 //! until one carries the name (usually the first) and stops at a leader
 //! that was never used or after [`PROBE_READS_MAX`] reads. Only then does
-//! it read every leader (a name claimed by a build that placed names
-//! first-free, or a name that is not there).
+//! it read the name's window (below), or, on a device formatted before
+//! names were probed (no names-probed flag in the header), every leader.
 //!
-//! Claiming: scan every lease; if no slot carries the name, run paxos on the
-//! first free slot of its probe sequence with the name in the proposal.
-//! After winning, scan again: if any other slot now carries the same name,
-//! give ours back (release and clear the name) and start over after a random
-//! pause. Of two hosts that claimed one name in two slots, at least one sees
-//! the other's slot in its second scan (each wrote its leader before
-//! scanning), so at most one keeps its claim. A scan that finds no other
+//! A name's window is its probe sequence up to and including the first slot
+//! never owned in any instance: no claim of the name, finished or under
+//! way, lies past it ([`scan_window`] says why).
+//!
+//! Claiming: read the window, every lease whole; if no slot carries the
+//! name, run paxos on the first free slot of the window with the name in
+//! the proposal. After winning, read the window again: if any other slot
+//! now carries the same name, give ours back (release and clear the name)
+//! and start over after a random pause. Of two hosts that claimed one name
+//! in two slots, at least one sees the other's slot in its second read
+//! (each wrote its leader before reading, and the other's slot lies in its
+//! window), so at most one keeps its claim. A check that finds no other
 //! slot marks the leader NAME_CHECKED; the mark passes to every later lease
-//! version of the same name, and an acquire that finds it needs no scan of
+//! version of the same name, and an acquire that finds it needs no check of
 //! its own: any later claimer of the name sees this slot and gives up. An
 //! acquire of a slot without the mark (a claim whose holder died before its
-//! scan) scans as a claim does.
+//! check) checks as a claim does.
 //!
-//! Costs, with `R` slots of `L` bytes per lease: an acquire of a checked
-//! name reads one leader sector per probe step (1 in the common case) and
-//! then runs paxos; a claim, or an acquire of an unchecked slot, reads every
-//! lease twice (2 R reads of L bytes); release by name reads every lease
-//! once.
+//! Costs, with `W` slots in a name's window (1 past the run of owned slots
+//! at its home: 1 or 2 while the device is far from full, at most the slot
+//! count) and leases of `L` bytes: an acquire of a checked name reads one
+//! leader sector per probe step (1 in the common case) and then runs paxos;
+//! a claim, or an acquire of an unchecked slot, reads the window twice
+//! (2 W reads of L bytes) and writes the NAME_CHECKED mark once; release by
+//! name reads the window once. None of it grows with the number of slots
+//! on a device with the names-probed flag; on one without it, W is every
+//! slot.
 
 use crate::error::LeaseError;
-use crate::format::{check_name, LeaderFlags, LeaderRecord, RESOURCE_NAME_BYTES};
+use crate::format::{check_name, DblockRecord, LeaderFlags, LeaderRecord, RESOURCE_NAME_BYTES};
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
 use crate::op::{Operation, Port};
@@ -117,37 +126,63 @@ async fn scan_inner(port: &Port, space: &Lockspace) -> Result<SlotScan, LeaseErr
     Ok(slots)
 }
 
-/// Every slot's leader as its dblocks say it is: where the dblocks show an
-/// accepted value in an instance past the leader's (the leader lags, or a
-/// late leader write took it back), that value's owner and name stand in for
-/// the leader's, and the slot counts as held. Reads every lease whole: used
-/// where a name must not be missed (claims, their duplicate check, release
-/// by name), not on every lookup.
-async fn scan_deep(port: &Port, space: &Lockspace) -> Result<SlotScan, LeaseError> {
-    let mut slots = scan_inner(port, space).await?;
-    for (slot, entry) in slots.iter_mut() {
-        let Ok(leader) = entry else { continue };
-        let location = space.geometry.resource_lease(*slot);
-        let dblocks = match space.read_dblocks(port, &location).await {
-            Ok(dblocks) => dblocks,
-            Err(e) => {
-                *entry = Err(e);
-                continue;
-            }
-        };
-        let ahead = dblocks
-            .iter()
-            .filter(|d| d.lver > leader.lver && d.bal > 0)
-            .max_by_key(|d| (d.lver, d.bal))
-            .and_then(|d| d.inp.clone().map(|inp| (d.lver, inp)));
-        if let Some((lver, inp)) = ahead {
-            leader.owner = Some(inp.owner);
-            leader.flags.released = false;
-            leader.flags.name_checked = false;
-            leader.lver = lver;
-            leader.name = inp.name;
+/// A leader as its dblocks say it is: where the dblocks show an accepted
+/// value in an instance past the leader's (the leader lags, or a late leader
+/// write took it back), that value's owner and name stand in for the
+/// leader's, and the slot counts as held.
+fn deep_leader(mut leader: LeaderRecord, dblocks: &[DblockRecord]) -> LeaderRecord {
+    let ahead = dblocks
+        .iter()
+        .filter(|d| d.lver > leader.lver && d.bal > 0)
+        .max_by_key(|d| (d.lver, d.bal))
+        .and_then(|d| d.inp.clone().map(|inp| (d.lver, inp)));
+    if let Some((lver, inp)) = ahead {
+        leader.owner = Some(inp.owner);
+        leader.flags.released = false;
+        leader.flags.name_checked = false;
+        leader.lver = lver;
+        leader.name = inp.name;
+    }
+    leader
+}
+
+/// Never owned in any instance: no leader write and no accepted value.
+fn never_owned(leader: &LeaderRecord) -> bool {
+    leader.lver == 0 && leader.owner.is_none() && leader.name.is_empty()
+}
+
+/// The slots where a claim of `name` can have gone, each as its dblocks say
+/// it is ([`deep_leader`]), in probe order: `name`'s probe sequence up to
+/// and including its first never-owned slot. Used where a name must not be
+/// missed (claims, their duplicate check, release by name).
+///
+/// Why nothing of `name` lies further on: a claim takes the first free slot
+/// of the sequence, and a never-owned slot is free, so a claim goes at most
+/// as far as the first never-owned slot it saw. A slot once owned stays
+/// owned (its accepted value stays in a dblock until a leader carries it),
+/// so that first never-owned slot only moves on along the sequence: every
+/// claim of `name`, finished or under way, lies at or before the one seen
+/// now. On a device without the names-probed header flag (a build that
+/// placed names first-free overall), the window is every slot.
+///
+/// Cost: one contiguous read of `lease_size_bytes` per slot in the window;
+/// the window is one slot past the run of owned slots at the name's home
+/// (one or two slots while the device is far from full).
+async fn scan_window(port: &Port, space: &Lockspace, name: &str) -> Result<SlotScan, LeaseError> {
+    let mut slots = Vec::new();
+    for slot in probe_order(name, space.geometry.max_resources()) {
+        let location = space.geometry.resource_lease(slot);
+        let entry = space
+            .read_lease(port, &location)
+            .await
+            .map(|(leader, dblocks)| deep_leader(leader, &dblocks));
+        let last = space.names_probed && matches!(&entry, Ok(leader) if never_owned(leader));
+        slots.push((slot, entry));
+        if last {
+            break;
         }
     }
+    debug_assert!(slots.len() <= space.geometry.max_resources() as usize);
     Ok(slots)
 }
 
@@ -188,58 +223,62 @@ pub fn lookup(
         if let Some(found) = probe(&port, &space, &name).await {
             return Ok(Some(found));
         }
-        let slots = scan_inner(&port, &space).await?;
+        let slots = if space.names_probed {
+            scan_window(&port, &space, &name).await?
+        } else {
+            scan_inner(&port, &space).await?
+        };
         find_certain(slots, &name)
     })
 }
 
-/// A free slot for a new name, or None when every slot is in use. Refused
-/// while any leader is unusable (it might carry the name); a read that
-/// failed is reported as the I/O error it is.
-fn free_slot(name: &str, slots: &mut SlotScan) -> Result<Option<u32>, LeaseError> {
+/// Why a scan gives no certainty about a name, if it does not: a read that
+/// failed, as the I/O error it is (preferred), or an unusable slot (it might
+/// carry the name), as ClaimBlocked naming the slot.
+fn unusable(name: &str, slots: &mut SlotScan) -> Option<LeaseError> {
     let failed_read = slots
         .iter()
         .position(|(_, leader)| matches!(leader, Err(LeaseError::Disk(_))));
     if let Some(index) = failed_read {
         if let (_, Err(e)) = slots.swap_remove(index) {
-            return Err(e);
+            return Some(e);
         }
     }
-    if let Some((slot, Err(e))) = slots.iter().find(|(_, leader)| leader.is_err()) {
-        return Err(LeaseError::ClaimBlocked {
+    slots.iter().find_map(|(slot, leader)| match leader {
+        Err(e) => Some(LeaseError::ClaimBlocked {
             resource: name.to_string(),
             slot: *slot,
             reason: e.to_string(),
-        });
-    }
-    // The first free slot of the name's probe sequence, where a lookup
-    // looks first.
-    let free: std::collections::BTreeSet<u32> = slots
-        .iter()
-        .filter_map(|(slot, leader)| match leader {
-            Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
-            _ => None,
-        })
-        .collect();
-    let max_resources = u32::try_from(slots.len()).unwrap_or(u32::MAX);
-    Ok(probe_order(name, max_resources).find(|slot| free.contains(slot)))
+        }),
+        Ok(_) => None,
+    })
 }
 
-/// From a scan of every slot: the slot carrying `name` (false), or the
-/// free slot to claim for it (true).
+/// The first free slot of a window scan ([`scan_window`], in probe order)
+/// for a new name, or None when every slot is in use. Refused
+/// while any leader is unusable (it might carry the name); a read that
+/// failed is reported as the I/O error it is.
+fn free_slot(name: &str, slots: &mut SlotScan) -> Result<Option<u32>, LeaseError> {
+    if let Some(error) = unusable(name, slots) {
+        return Err(error);
+    }
+    // The scan is in probe order: its first free slot is where a lookup
+    // looks first.
+    Ok(slots.iter().find_map(|(slot, leader)| match leader {
+        Ok(leader) if leader.name.is_empty() && leader.held_by().is_none() => Some(*slot),
+        _ => None,
+    }))
+}
+
+/// From a scan of `name`'s window: the slot carrying `name` (false), or
+/// the free slot to claim for it (true).
 async fn scanned_slot(
     port: &Port,
     space: &Lockspace,
     name: &str,
 ) -> Result<(u32, bool), LeaseError> {
-    let mut slots = scan_inner(port, space).await?;
-    let mut found = find(&slots, name);
-    if found.is_none() {
-        // Before claiming a new slot, look past lagging leaders.
-        slots = scan_deep(port, space).await?;
-        found = find(&slots, name);
-    }
-    if let Some((slot, _)) = found {
+    let mut slots = scan_window(port, space, name).await?;
+    if let Some((slot, _)) = find(&slots, name) {
         return Ok((slot, false));
     }
     match free_slot(name, &mut slots)? {
@@ -308,7 +347,7 @@ async fn acquire_inner(
         // Whether found or claimed, the name must be in this slot only: a
         // concurrent claim, or a slot being given back, may have put it in a
         // second one. Check after our leader write; give ours back if not.
-        let mut again = scan_deep(port, space).await?;
+        let mut again = scan_window(port, space, &request.name).await?;
         let duplicate = again.iter().any(|(other, leader)| {
             *other != slot && matches!(leader, Ok(l) if l.name == request.name)
         });
@@ -343,9 +382,9 @@ async fn acquire_inner(
             },
         )
         .await?;
-        if let Some(index) = unreadable {
-            if let (_, Err(e)) = again.swap_remove(index) {
-                return Err(e);
+        if unreadable.is_some() {
+            if let Some(error) = unusable(&request.name, &mut again) {
+                return Err(error);
             }
         }
         let pause_ms = 1 + seed % timeouts.paxos_backoff_max_ms.max(1);
@@ -370,7 +409,7 @@ pub fn release(
     let name = name.to_string();
     Operation::new(move |port| async move {
         check_resource_name(&name)?;
-        let mut slots = scan_deep(&port, &space).await?;
+        let mut slots = scan_window(&port, &space, &name).await?;
         // An unusable leader might carry the name: no certainty without it.
         if let Some(index) = slots.iter().position(|(_, leader)| leader.is_err()) {
             if let (_, Err(e)) = slots.swap_remove(index) {

@@ -295,7 +295,8 @@ fn corrupt_or_foreign_sectors_are_never_free() {
         Err(LeaseError::Corrupt { offset_bytes, .. }) => assert_eq!(offset_bytes, offset),
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    // A claim reads every lease whole first: the unusable dblock blocks it.
+    // A claim reads the leases of its window whole first: the unusable
+    // dblock blocks it.
     match s.run(resource::acquire(&s.space, named(&a, "vm9", 1))) {
         Err(LeaseError::ClaimBlocked {
             slot: 0, reason, ..
@@ -304,7 +305,9 @@ fn corrupt_or_foreign_sectors_are_never_free() {
         }
         other => panic!("expected ClaimBlocked, got {other:?}"),
     }
-    // While a leader is unusable, no new name is claimed (it might be that name).
+    // While a leader in a name's window is unusable, the name is not
+    // claimed (that leader might carry it): here the check after the win
+    // reaches the unusable slot 1, gives the claim back and says why.
     let s = setup(4, 2);
     let a = s.join(1, "alpha");
     corrupt(

@@ -9,6 +9,11 @@ const MAX_HOSTS_OFFSET: usize = 68; // u32
 const MAX_RESOURCES_OFFSET: usize = 72; // u32
 const PAYLOAD_SIZE_OFFSET: usize = 76; // u32
 const IO_TIMEOUT_OFFSET: usize = 80; // u32
+const FLAGS_OFFSET: usize = 84; // u32
+/// Header flag: every name on this device was claimed in the first free
+/// slot of its probe sequence (lease::resource), so a name's slots all lie
+/// before the first never-owned slot of that sequence.
+const FLAG_NAMES_PROBED: u32 = 1;
 const HOST_AREA_OFFSET: usize = 88; // u64
 const FENCE_AREA_OFFSET: usize = 96; // u64
 const RESOURCE_AREA_OFFSET: usize = 104; // u64
@@ -25,6 +30,9 @@ pub struct HeaderRecord {
     pub geometry: Geometry,
     /// The io_timeout hosts use unless configured otherwise.
     pub io_timeout_ms: u32,
+    /// Names are placed along their probe sequence (header flag bit 0); set
+    /// by every `format` of this build. Without it a claim scans every slot.
+    pub names_probed: bool,
 }
 
 impl HeaderRecord {
@@ -44,6 +52,7 @@ impl HeaderRecord {
             lockspace: lockspace.to_string(),
             geometry,
             io_timeout_ms,
+            names_probed: true,
         })
     }
 
@@ -55,6 +64,9 @@ impl HeaderRecord {
         e.u32(MAX_RESOURCES_OFFSET, g.max_resources());
         e.u32(PAYLOAD_SIZE_OFFSET, g.payload_size_bytes());
         e.u32(IO_TIMEOUT_OFFSET, self.io_timeout_ms);
+        if self.names_probed {
+            e.u32(FLAGS_OFFSET, FLAG_NAMES_PROBED);
+        }
         e.u64(HOST_AREA_OFFSET, g.host_area_offset_bytes());
         e.u64(FENCE_AREA_OFFSET, g.fence_area_offset_bytes());
         e.u64(RESOURCE_AREA_OFFSET, g.resource_area_offset_bytes());
@@ -67,7 +79,13 @@ impl HeaderRecord {
     /// Decode sector 0. `lockspace` is checked when given.
     pub fn decode(sector: &[u8], lockspace: Option<&str>) -> Result<HeaderRecord, FormatError> {
         let d = Decoder::open(sector, RecordKind::Header, lockspace)?;
-        d.reserved("header reserved", 84..88)?;
+        let flags = d.u32(FLAGS_OFFSET);
+        if flags & !FLAG_NAMES_PROBED != 0 {
+            return Err(FormatError::BadField {
+                field: "header flags",
+                reason: format!("unknown bits {flags:#x} (written by a newer build?)"),
+            });
+        }
         d.reserved("header reserved", RESERVED_OFFSET..RECORD_SIZE_BYTES)?;
         let geometry = Geometry::new(
             d.u32(SECTOR_SIZE_OFFSET),
@@ -126,6 +144,7 @@ impl HeaderRecord {
             lockspace,
             geometry,
             io_timeout_ms: d.u32(IO_TIMEOUT_OFFSET),
+            names_probed: flags & FLAG_NAMES_PROBED != 0,
         })
     }
 }

@@ -56,6 +56,10 @@ pub struct Scenario {
     /// Resource slots on the device: more than names leaves free slots, so
     /// names land away from their home slot and probe sequences wrap.
     pub slots: u32,
+    /// The device's names-probed header flag: with it, name scans stop at
+    /// a name's first never-owned slot; without it (a device from an older
+    /// build), they read every slot.
+    pub names_probed: bool,
     pub sector_size_bytes: u32,
     pub duration_ms: u64,
     /// Per host: io_timeout (ms), clock drift (ppm), watchdog, fence device.
@@ -130,10 +134,12 @@ impl Scenario {
                 }
             })
             .max(resources);
+        let names_probed = !rng.chance(0.2);
         Scenario {
             hosts,
             resources,
             slots,
+            names_probed,
             sector_size_bytes,
             duration_ms,
             io_timeout_ms,
@@ -166,11 +172,12 @@ impl fmt::Display for Scenario {
         };
         write!(
             f,
-            "hosts={} resources={} slots={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
+            "hosts={} resources={} slots={} names_probed={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
              path={} device_stall={} pause={} clock_jump={} crash={} corruption={} io_stall={} torn={} impostors={} planted={}",
             self.hosts,
             self.resources,
             self.slots,
+            self.names_probed,
             self.sector_size_bytes,
             self.duration_ms / 1000,
             self.watchdog.iter().filter(|w| **w).count(),

@@ -9,6 +9,7 @@ use crate::rng::Rng;
 use crate::scenario::Scenario;
 use lease::delta::{self, FenceMark, JoinRequest, RenewRequest};
 use lease::device::{self, FormatOptions};
+use lease::disk::Disk as _;
 use lease::disk::{DiskError, MemoryDisk};
 use lease::format::{Capacity, FenceMethod, Geometry, LeaderRecord, LeaseKind, LeaseLocation};
 use lease::observer::{HostState, Observer};
@@ -200,6 +201,17 @@ impl World {
             io_timeout_ms: 1000,
         };
         let mut space = device::format(&memory, &options).expect("format the simulated disk");
+        if !scenario.names_probed {
+            let header = lease::format::HeaderRecord {
+                names_probed: false,
+                ..lease::format::HeaderRecord::new("sim", geometry, options.io_timeout_ms)
+                    .expect("header")
+            };
+            memory
+                .write(0, &header.encode())
+                .expect("write the simulated header");
+            space.names_probed = false;
+        }
         space.planted_bug = scenario.planted_bug;
         let disk = memory.with_bytes(|bytes| bytes.clone());
         let processes: Vec<Process> = (0..scenario.hosts as usize)
