@@ -220,7 +220,7 @@ fn bench_size(hosts: u32, slots: u32, dir: &str, idle_s: u64) -> Vec<Row> {
         leasehold_daemon::registry::scan(&space, &disk, &BTreeMap::new()).expect("registry scan")
     });
     rows.push(Row {
-        what: "VM-manager registry round",
+        what: "VM-manager registry round, full (start, a host's state moved)",
         io,
         ms,
         note: format!("{} VMs", entries.len()),
@@ -239,6 +239,16 @@ fn bench_size(hosts: u32, slots: u32, dir: &str, idle_s: u64) -> Vec<Row> {
         io,
         ms,
         note: String::new(),
+    });
+    let changed: std::collections::BTreeSet<u32> = [slot].into();
+    let (_, io, ms) = measure(&disk, || {
+        leasehold_daemon::registry::scan_slots(&space, &disk, &changed).expect("slot scan")
+    });
+    rows.push(Row {
+        what: "VM-manager round after another host changed one slot",
+        io,
+        ms,
+        note: "the slots its record names".to_string(),
     });
     release(&space, &disk, &lease, slot);
 

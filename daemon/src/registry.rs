@@ -260,50 +260,112 @@ pub fn scan(
                 continue;
             }
         };
-        if let Some(entry) = cached.get(&slot) {
-            if entry.name == leader.name && entry.lver == leader.lver && entry.holder == holder {
-                entries.push(entry.clone());
-                continue;
-            }
+        if let Some(entry) = read_entry(space, disk, slot, leader, holder, cached)? {
+            entries.push(entry);
         }
-        let (record, sequence) = match run(payload::read(space, slot), disk, &SystemClock) {
-            // A lease without a payload (or with an emptied one) is not a VM.
-            Ok(None) => continue,
-            Ok(Some(p)) if p.data.is_empty() => continue,
-            Ok(Some(p)) => (
-                VmRecord::decode(&p.data)
-                    .map_err(|e| format!("{}: slot {slot} ({}): {e}", space.device, leader.name)),
-                p.sequence,
-            ),
+    }
+    Ok(entries)
+}
+
+/// The VMs in `slots` alone, read now (a leader and a dblock each, and
+/// the payload of each VM: a holder may rewrite it without moving the
+/// leader): for a round that knows which slots changed (the hosts'
+/// published lists of changed slots). A slot that holds no VM gives no
+/// entry; one that cannot be read gives an error entry.
+/// Cost: 2 reads per slot plus one payload read per VM, whatever the
+/// number of slots on the device.
+pub fn scan_slots(
+    space: &Lockspace,
+    disk: &dyn Disk,
+    slots: &std::collections::BTreeSet<u32>,
+) -> Result<Vec<VmEntry>, LeaseError> {
+    let uncached = std::collections::BTreeMap::new();
+    let mut entries = Vec::new();
+    for &slot in slots {
+        if slot >= space.geometry.max_resources() {
+            continue;
+        }
+        let status = match run(
+            paxos::inquire(space, space.geometry.resource_lease(slot)),
+            disk,
+            &SystemClock,
+        ) {
+            Ok(status) => status,
             Err(LeaseError::Disk(e)) => return Err(LeaseError::Disk(e)),
-            Err(e) => (Err(e.to_string()), 0),
-        };
-        if let Ok(record) = &record {
-            if record.name != leader.name {
+            Err(e) => {
                 entries.push(VmEntry {
                     slot,
-                    name: leader.name.clone(),
-                    lver: leader.lver,
-                    holder,
-                    record: Err(format!(
-                        "slot {slot} is named {:?} but its VM record says {:?}",
-                        leader.name, record.name
-                    )),
-                    sequence,
+                    name: format!("<slot {slot}>"),
+                    lver: 0,
+                    holder: None,
+                    record: Err(format!("resource slot {slot} is unusable: {e}")),
+                    sequence: 0,
                 });
                 continue;
             }
+        };
+        if status.leader.name.is_empty() {
+            continue;
         }
-        entries.push(VmEntry {
-            slot,
-            name: leader.name,
-            lver: leader.lver,
-            holder,
-            record,
-            sequence,
-        });
+        if let Some(entry) = read_entry(space, disk, slot, status.leader, status.holder, &uncached)?
+        {
+            entries.push(entry);
+        }
     }
     Ok(entries)
+}
+
+/// The entry of the named slot `slot` whose leader and holder were just
+/// read: the cached one while name, lver and holder are unchanged, else
+/// the payload read now. None when the slot holds no VM record.
+fn read_entry(
+    space: &Lockspace,
+    disk: &dyn Disk,
+    slot: u32,
+    leader: lease::format::LeaderRecord,
+    holder: Option<Owner>,
+    cached: &std::collections::BTreeMap<u32, VmEntry>,
+) -> Result<Option<VmEntry>, LeaseError> {
+    if let Some(entry) = cached.get(&slot) {
+        if entry.name == leader.name && entry.lver == leader.lver && entry.holder == holder {
+            return Ok(Some(entry.clone()));
+        }
+    }
+    let (record, sequence) = match run(payload::read(space, slot), disk, &SystemClock) {
+        // A lease without a payload (or with an emptied one) is not a VM.
+        Ok(None) => return Ok(None),
+        Ok(Some(p)) if p.data.is_empty() => return Ok(None),
+        Ok(Some(p)) => (
+            VmRecord::decode(&p.data)
+                .map_err(|e| format!("{}: slot {slot} ({}): {e}", space.device, leader.name)),
+            p.sequence,
+        ),
+        Err(LeaseError::Disk(e)) => return Err(LeaseError::Disk(e)),
+        Err(e) => (Err(e.to_string()), 0),
+    };
+    if let Ok(record) = &record {
+        if record.name != leader.name {
+            return Ok(Some(VmEntry {
+                slot,
+                name: leader.name.clone(),
+                lver: leader.lver,
+                holder,
+                record: Err(format!(
+                    "slot {slot} is named {:?} but its VM record says {:?}",
+                    leader.name, record.name
+                )),
+                sequence,
+            }));
+        }
+    }
+    Ok(Some(VmEntry {
+        slot,
+        name: leader.name,
+        lver: leader.lver,
+        holder,
+        record,
+        sequence,
+    }))
 }
 
 #[cfg(test)]

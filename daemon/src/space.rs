@@ -238,6 +238,10 @@ pub struct Space {
     /// payload writes), published in our host record so the other hosts
     /// re-read the slots only when it moves.
     resource_changes: std::sync::atomic::AtomicU64,
+    /// The slots of the latest of those changes, published with the count
+    /// (readers re-read just those). Held while the count moves, so the
+    /// two always agree.
+    changed_slots: Mutex<lease::format::ChangedSlots>,
 }
 
 /// A change to publish waits at least this long after the last renewal:
@@ -283,6 +287,7 @@ impl Space {
             floor_pending: std::sync::atomic::AtomicBool::new(false),
             failed_exit_status: std::sync::atomic::AtomicI32::new(1),
             resource_changes: std::sync::atomic::AtomicU64::new(1),
+            changed_slots: Mutex::new(lease::format::ChangedSlots::default()),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -365,11 +370,17 @@ impl Space {
         self.wait_for_renewal(deadline_ms, u64::MAX, self.resource_changes())
     }
 
-    /// Count a change this host made to a resource slot, and have the
-    /// renewal thread publish it soon.
-    pub fn note_resource_change(&self) {
-        self.resource_changes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    /// Count a change this host made to resource slot `slot` (None: not
+    /// known which), and have the renewal thread publish it soon.
+    pub fn note_resource_change(&self, slot: Option<u32>) {
+        {
+            let mut slots = self.changed_slots();
+            let count = self
+                .resource_changes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .wrapping_add(1);
+            slots.note(count, slot);
+        }
         // Under the lock, so a renewal thread that just found nothing
         // pending is already waiting when it is woken.
         let _guard = match self.stop.0.lock() {
@@ -383,6 +394,20 @@ impl Space {
     pub fn resource_changes(&self) -> u64 {
         self.resource_changes
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed_slots(&self) -> std::sync::MutexGuard<'_, lease::format::ChangedSlots> {
+        match self.changed_slots.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The count of our resource changes and the slots of the latest ones,
+    /// as one consistent pair.
+    pub fn resource_changes_with_slots(&self) -> (u64, lease::format::ChangedSlots) {
+        let slots = self.changed_slots();
+        (self.resource_changes(), *slots)
     }
 
     /// The renewal thread's wait: until `regular_ms`, or until `publish_ms`
@@ -934,10 +959,14 @@ impl Space {
         // A new incarnation (or a takeover) counts on past the record's
         // count, so its first renewal publishes a count that moved.
         if let Some(lease) = self.lock().lease.as_ref() {
+            // The slots of the changes in between are not known: readers
+            // that saw an earlier count read every slot.
+            let mut slots = self.changed_slots();
             self.resource_changes.fetch_max(
                 lease.record.resource_changes.wrapping_add(1),
                 std::sync::atomic::Ordering::SeqCst,
             );
+            slots.clear();
         }
         loop {
             let (lease, next_ms, publish_ms) = {
@@ -971,12 +1000,12 @@ impl Space {
                 return true;
             }
             let capacity = self.capacity();
-            let changes = self.resource_changes();
+            let (changes, changed_slots) = self.resource_changes_with_slots();
             let request = RenewRequest {
                 scan: true,
                 capacity: (capacity != advertised).then_some(capacity),
                 raise_floor,
-                resource_changes: (changes != published).then_some(changes),
+                resource_changes: (changes != published).then_some((changes, changed_slots)),
             };
             let result = run(delta::renew(space, &lease, request), disk, &clock());
             self.last_attempt_ms
@@ -1111,7 +1140,7 @@ impl Space {
                 // Best effort: after a FENCED mark or the watchdog rule the
                 // others may take these anyway.
                 let _ = run(paxos::release(space, request), disk, &clock());
-                self.note_resource_change();
+                self.note_resource_change(Some(held.slot));
                 if let HeldBy::Process(pid) = held.by {
                     self.context
                         .holders
@@ -1311,7 +1340,8 @@ impl Space {
             seed: lease::ids::random_u64(),
         };
         let acquired = run(resource::acquire(space, request), disk, &clock());
-        self.note_resource_change();
+        // A claim that failed half-way may have touched a slot we cannot name.
+        self.note_resource_change(acquired.as_ref().ok().map(|(slot, _)| *slot));
         match acquired {
             Ok((slot, leader)) => {
                 let held = Held {
@@ -1537,7 +1567,7 @@ impl Space {
             name: Some(resource.to_string()),
         };
         let result = run(paxos::release(space, request), disk, &clock());
-        self.note_resource_change();
+        self.note_resource_change(Some(held.slot));
         if let Err(LeaseError::Disk(_)) = &result {
             self.lock()
                 .pending_release
@@ -1636,7 +1666,10 @@ impl Space {
         let pending = std::mem::take(&mut self.lock().pending_release);
         for (name, owner) in pending {
             let released = run(resource::release(space, &name, owner), disk, &clock());
-            self.note_resource_change();
+            self.note_resource_change(match &released {
+                Ok(Some((slot, _))) => Some(*slot),
+                _ => None,
+            });
             match released {
                 Ok(_) => {}
                 Err(LeaseError::Disk(_)) => self.lock().pending_release.push((name, owner)),

@@ -171,12 +171,60 @@ pub struct VmManager {
     busy_until_ms: u64,
 }
 
+/// What a round reads of the registry.
+#[derive(Debug)]
+enum Rescan {
+    /// Nothing: the cache stands.
+    Nothing,
+    /// These slots, and only they, may have changed.
+    Slots(BTreeSet<u32>),
+    /// Every slot (records of unchanged slots from the cache).
+    All,
+}
+
 /// What the VM manager last saw of the hosts: per host id its state,
-/// generation and published count of resource changes; and ours.
+/// generation and published count of resource changes; and ours. The
+/// lists of changed slots move only with their counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Fingerprint {
     hosts: BTreeMap<u32, (&'static str, u64, u64)>,
+    changed_slots: BTreeMap<u32, lease::format::ChangedSlots>,
     own_changes: u64,
+    own_changed_slots: lease::format::ChangedSlots,
+}
+
+impl Fingerprint {
+    /// The slots to read again when, since `last`, nothing moved but
+    /// counts of resource changes, each with the slots of its changes
+    /// published (at most CHANGED_SLOTS_MAX behind); None: read every slot
+    /// (a host's state or generation moved, a host came or went, or a
+    /// list cannot say).
+    fn changed_slots_since(&self, last: &Fingerprint) -> Option<BTreeSet<u32>> {
+        if self.hosts.len() != last.hosts.len() {
+            return None;
+        }
+        let mut slots = BTreeSet::new();
+        for (host_id, (state, generation, count)) in &self.hosts {
+            let (last_state, last_generation, last_count) = last.hosts.get(host_id)?;
+            if state != last_state || generation != last_generation {
+                return None;
+            }
+            if count != last_count {
+                slots.extend(
+                    self.changed_slots
+                        .get(host_id)?
+                        .since(*last_count, *count)?,
+                );
+            }
+        }
+        if self.own_changes != last.own_changes {
+            slots.extend(
+                self.own_changed_slots
+                    .since(last.own_changes, self.own_changes)?,
+            );
+        }
+        Some(slots)
+    }
 }
 
 /// Start the VM manager's thread; the returned sender takes its requests.
@@ -245,8 +293,7 @@ impl VmManager {
             // of resource changes moved (ours included), a request, a start
             // to resolve, or a VM waiting for a host.
             let changed = fingerprint != self.last_fingerprint;
-            let rescan = changed
-                || self.needs_scan
+            let others = self.needs_scan
                 || now < self.busy_until_ms
                 || !self.stray.is_empty()
                 || !self.unsure.is_empty()
@@ -271,15 +318,29 @@ impl VmManager {
                     .fenced_one
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
                 || area.as_ref().is_some_and(|a| self.unseen_fence(a));
+            // Only counts moved, each with the slots of its changes
+            // published: those slots alone are read (the steady state of a
+            // busy cluster costs what changed, not the number of slots).
+            let rescan = if others {
+                Rescan::All
+            } else if changed {
+                match fingerprint.changed_slots_since(&self.last_fingerprint) {
+                    Some(slots) => Rescan::Slots(slots),
+                    None => Rescan::All,
+                }
+            } else {
+                Rescan::Nothing
+            };
             // Our own VMs are checked against libvirt every renewal
             // interval, from what the last scan read.
             let check = now >= self.last_check_ms.saturating_add(renew_interval_ms);
-            if changed {
+            if changed && matches!(rescan, Rescan::All) {
                 self.forget_changed(&fingerprint);
             }
-            if rescan || check {
+            if !matches!(rescan, Rescan::Nothing) || check {
+                let full = matches!(rescan, Rescan::All);
                 self.tick(area, rescan);
-                if rescan {
+                if full {
                     self.last_scan_ms = now;
                 }
                 self.last_check_ms = now;
@@ -329,7 +390,12 @@ impl VmManager {
     /// each publishes (memory only, no I/O).
     fn host_fingerprint(&self) -> Fingerprint {
         let (records, _) = self.space.host_records();
+        let (own_changes, own_changed_slots) = self.space.resource_changes_with_slots();
         Fingerprint {
+            changed_slots: records
+                .iter()
+                .filter_map(|(h, _, record)| record.as_ref().map(|r| (h.get(), r.changed_slots)))
+                .collect(),
             hosts: records
                 .into_iter()
                 .map(|(h, state, record)| {
@@ -338,7 +404,8 @@ impl VmManager {
                     (h.get(), (state, generation, changes))
                 })
                 .collect(),
-            own_changes: self.space.resource_changes(),
+            own_changes,
+            own_changed_slots,
         }
     }
 
@@ -455,6 +522,33 @@ impl VmManager {
         Ok(entries)
     }
 
+    /// Read the slots in `slots` again (a round where only those changed)
+    /// and return the registry: those entries fresh, the others cached.
+    /// A failure leaves a full scan for the next round.
+    fn scan_slots(&mut self, slots: &BTreeSet<u32>) -> Result<Vec<VmEntry>, LeaseError> {
+        let now = now_ms();
+        // Until this succeeds, the cache may be stale: a full scan next.
+        self.needs_scan = true;
+        let (disk, space) = self.device()?;
+        let result = registry::scan_slots(&space, disk, slots);
+        if let Err(LeaseError::Disk(_)) = &result {
+            self.device = None;
+        }
+        let fresh = result?;
+        for slot in slots {
+            self.cache.remove(slot);
+        }
+        for entry in fresh {
+            self.cache.insert(entry.slot, (entry, now));
+        }
+        self.needs_scan = false;
+        Ok(self
+            .cache
+            .values()
+            .map(|(entry, _)| entry.clone())
+            .collect())
+    }
+
     /// The hosts as seen now: the monitor's records, with fresh reads of
     /// the hosts holding VM leases (a FENCED mark or floor may be newer
     /// than our last renewal scan).
@@ -569,7 +663,7 @@ impl VmManager {
             disk,
             &SystemClock,
         );
-        self.space.note_resource_change();
+        self.space.note_resource_change(Some(slot));
         written?;
         self.cache.remove(&slot);
         self.needs_scan = true;
@@ -609,7 +703,7 @@ impl VmManager {
     /// One round; `area` is the host area if this round read it already.
     /// With `rescan`, from the registry as the device has it now; else from
     /// the last scan's entries (nothing changed since).
-    fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>, rescan: bool) {
+    fn tick(&mut self, area: Option<BTreeMap<u32, HostRecord>>, rescan: Rescan) {
         if !self.stray.is_empty() {
             self.destroy_strays();
         }
@@ -619,19 +713,21 @@ impl VmManager {
         if self.space.owner().is_none() {
             return;
         }
-        let entries = if rescan {
-            match self.scan() {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!("registry scan failed: {e}");
-                    return;
-                }
-            }
-        } else {
-            self.cache
+        let scanned = match &rescan {
+            Rescan::All => self.scan(),
+            Rescan::Slots(slots) => self.scan_slots(slots),
+            Rescan::Nothing => Ok(self
+                .cache
                 .values()
                 .map(|(entry, _)| entry.clone())
-                .collect()
+                .collect()),
+        };
+        let entries = match scanned {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("registry scan failed: {e}");
+                return;
+            }
         };
         let hosts = self.hosts(&entries, area);
         self.publish_headroom(&entries, &hosts);
@@ -1708,7 +1804,7 @@ impl VmManager {
                 disk,
                 &SystemClock,
             );
-            self.space.note_resource_change();
+            self.space.note_resource_change(Some(entry.slot));
             written?;
         }
         let uuid = record.uuid.clone();

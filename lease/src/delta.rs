@@ -3,7 +3,8 @@
 
 use crate::error::LeaseError;
 use crate::format::{
-    check_name, Capacity, FenceMethod, HostFlags, HostRecord, SharedSettings, HOST_NAME_BYTES,
+    check_name, Capacity, ChangedSlots, FenceMethod, HostFlags, HostRecord, SharedSettings,
+    HOST_NAME_BYTES,
 };
 use crate::ids::{HostId, Owner};
 use crate::lockspace::Lockspace;
@@ -75,8 +76,9 @@ pub struct RenewRequest {
     pub scan: bool,
     /// New capacity to advertise, if it changed.
     pub capacity: Option<Capacity>,
-    /// New count of this host's resource changes to publish, if it moved.
-    pub resource_changes: Option<u64>,
+    /// New count of this host's resource changes to publish, if it moved,
+    /// with the slots of the latest ones.
+    pub resource_changes: Option<(u64, ChangedSlots)>,
     /// Declare every older generation of this host over (raise the
     /// generation floor to ours): only once this host knows that nothing of
     /// its earlier incarnations still runs (it rebooted, or killed them).
@@ -180,6 +182,7 @@ async fn join_inner(
         host_name: request.host_name.clone(),
         shared_settings: request.shared_settings,
         resource_changes: 0,
+        changed_slots: ChangedSlots::default(),
     };
     let written_ms = port.now_ms();
     space.write_host(port, &record).await?;
@@ -393,8 +396,9 @@ async fn renew_inner(
     if let Some(capacity) = request.capacity {
         record.capacity = capacity;
     }
-    if let Some(changes) = request.resource_changes {
+    if let Some((changes, slots)) = request.resource_changes {
         record.resource_changes = changes;
+        record.changed_slots = slots;
     }
     let floor_due = lease
         .raise_floor_at_ms

@@ -42,13 +42,13 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
             0u8..4,
             name(64),
         ),
-        (any::<[u32; 2]>(), any::<u64>()),
+        (any::<[u32; 2]>(), any::<u64>(), any::<[u32; 16]>()),
     )
         .prop_map(
             |(
                 (id, flags, generation, timestamp_ms, io_timeout_ms),
                 (fencer, fenced, nonce, cap, method, host_name),
-                (digests, resource_changes),
+                (digests, resource_changes, changed_slots),
             )| {
                 HostRecord {
                     host_id: HostId::new(id).expect("nonzero"),
@@ -82,6 +82,7 @@ fn host_record() -> impl Strategy<Value = HostRecord> {
                         cluster_digest: digests[1],
                     },
                     resource_changes,
+                    changed_slots: lease::format::ChangedSlots(changed_slots),
                 }
             },
         )

@@ -24,7 +24,56 @@ const HOST_NAME_OFFSET: usize = 144; // 64 bytes
 const FAILOVER_DIGEST_OFFSET: usize = 208; // u32
 const CLUSTER_DIGEST_OFFSET: usize = 212; // u32
 const RESOURCE_CHANGES_OFFSET: usize = 216; // u64
-const RESERVED_OFFSET: usize = 224;
+const CHANGED_SLOTS_OFFSET: usize = 224; // CHANGED_SLOTS_MAX x u32
+const RESERVED_OFFSET: usize = CHANGED_SLOTS_OFFSET + 4 * CHANGED_SLOTS_MAX;
+
+/// How many of its latest resource changes a host record names the slot
+/// of: a reader whose last seen count is at most this far behind re-reads
+/// just those slots, else every slot.
+pub const CHANGED_SLOTS_MAX: usize = 16;
+
+/// The slots of a host's latest resource changes: the change that made the
+/// count `c` is at index `c % CHANGED_SLOTS_MAX`, stored as slot + 1 (0:
+/// not known, so a record from before this field, or a count that moved
+/// without a slot, sends readers to a full scan).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChangedSlots(pub [u32; CHANGED_SLOTS_MAX]);
+
+impl ChangedSlots {
+    fn index(count: u64) -> usize {
+        // The remainder is below CHANGED_SLOTS_MAX, so it fits a usize.
+        (count % CHANGED_SLOTS_MAX as u64) as usize
+    }
+
+    /// Record that the change making the count `count` touched `slot`
+    /// (None: a change whose slot is not known, e.g. an acquire that failed
+    /// half-way; readers of it read every slot).
+    pub fn note(&mut self, count: u64, slot: Option<u32>) {
+        self.0[Self::index(count)] = slot.map_or(0, |slot| slot.saturating_add(1));
+    }
+
+    /// Forget every slot (a new incarnation starts from a blank list).
+    pub fn clear(&mut self) {
+        self.0 = [0; CHANGED_SLOTS_MAX];
+    }
+
+    /// The slots touched by the changes after count `seen` up to count
+    /// `now`, or None when the list cannot say (the count went back, moved
+    /// by more than [`CHANGED_SLOTS_MAX`], or one of those changes has no
+    /// slot): then the reader must read every slot.
+    pub fn since(&self, seen: u64, now: u64) -> Option<std::collections::BTreeSet<u32>> {
+        let moved = now.checked_sub(seen)?;
+        if moved > CHANGED_SLOTS_MAX as u64 {
+            return None;
+        }
+        let mut slots = std::collections::BTreeSet::new();
+        for count in seen.saturating_add(1)..=now {
+            let stored = self.0[Self::index(count)];
+            slots.insert(stored.checked_sub(1)?);
+        }
+        Some(slots)
+    }
+}
 
 /// Host record flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -157,6 +206,8 @@ pub struct HostRecord {
     /// moves. Its value means nothing across hosts or generations; only a
     /// change does.
     pub resource_changes: u64,
+    /// Which slots the latest of those changes touched.
+    pub changed_slots: ChangedSlots,
 }
 
 impl HostRecord {
@@ -177,6 +228,7 @@ impl HostRecord {
             host_name: String::new(),
             shared_settings: SharedSettings::default(),
             resource_changes: 0,
+            changed_slots: ChangedSlots::default(),
         }
     }
 
@@ -226,6 +278,9 @@ impl HostRecord {
         e.u32(FAILOVER_DIGEST_OFFSET, self.shared_settings.failover_digest);
         e.u32(CLUSTER_DIGEST_OFFSET, self.shared_settings.cluster_digest);
         e.u64(RESOURCE_CHANGES_OFFSET, self.resource_changes);
+        for (index, stored) in self.changed_slots.0.iter().enumerate() {
+            e.u32(CHANGED_SLOTS_OFFSET + 4 * index, *stored);
+        }
         Ok(e.seal(RecordKind::Host, lockspace, sector_size_bytes))
     }
 
@@ -268,6 +323,9 @@ impl HostRecord {
                 cluster_digest: d.u32(CLUSTER_DIGEST_OFFSET),
             },
             resource_changes: d.u64(RESOURCE_CHANGES_OFFSET),
+            changed_slots: ChangedSlots(std::array::from_fn(|index| {
+                d.u32(CHANGED_SLOTS_OFFSET + 4 * index)
+            })),
         };
         if record.generation_floor > record.generation {
             return Err(FormatError::BadField {
@@ -285,5 +343,34 @@ impl HostRecord {
             });
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_slots_name_the_latest_changes_or_say_they_cannot() {
+        let mut slots = ChangedSlots::default();
+        // A blank list (a new incarnation, an old record) names nothing.
+        assert_eq!(slots.since(0, 1), None);
+        assert_eq!(slots.since(5, 5), Some(Default::default()));
+        for count in 1..=20u64 {
+            slots.note(count, Some(u32::try_from(count).expect("small") * 10));
+        }
+        let expected: std::collections::BTreeSet<u32> = [190, 200].into();
+        assert_eq!(slots.since(18, 20), Some(expected));
+        // 16 back is the oldest it still names; 17 back is too far.
+        assert_eq!(slots.since(4, 20).map(|s| s.len()), Some(16));
+        assert_eq!(slots.since(3, 20), None);
+        // A count that went back (another incarnation) names nothing.
+        assert_eq!(slots.since(21, 20), None);
+        // A change without a known slot sends readers to a full scan.
+        slots.note(21, None);
+        assert_eq!(slots.since(19, 21), None);
+        assert!(slots.since(18, 20).is_some());
+        slots.clear();
+        assert_eq!(slots.since(19, 20), None);
     }
 }

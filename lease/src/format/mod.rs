@@ -15,7 +15,9 @@ mod record;
 
 pub use dblock::{DblockRecord, Proposal};
 pub use header::HeaderRecord;
-pub use host::{Capacity, FenceMethod, HostFlags, HostRecord, SharedSettings};
+pub use host::{
+    Capacity, ChangedSlots, FenceMethod, HostFlags, HostRecord, SharedSettings, CHANGED_SLOTS_MAX,
+};
 pub use layout::{
     Geometry, LeaseKind, LeaseLocation, HOSTS_MAX, PAYLOAD_SIZE_BYTES_DEFAULT, RESOURCES_MAX,
 };
