@@ -1,4 +1,5 @@
-//! The append-only event log: one JSON [`Event`] per line, fsynced, read
+//! The append-only event log: one JSON [`Event`] per line (warnings and
+//! errors fsynced, informational events left to the page cache), read
 //! back by `leasehold events`. Every event also goes to the tracing log.
 
 use crate::protocol::Event;
@@ -67,9 +68,14 @@ impl EventLog {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(file) = guard.as_mut() {
-            let written = file
-                .write_all(line.as_bytes())
-                .and_then(|()| file.sync_data());
+            // Warnings and errors reach the disk before the call returns (the
+            // ones an operator reads after a crash); the frequent
+            // informational ones (every acquire and release) are left to the
+            // page cache, which every reader of this boot sees.
+            let written = file.write_all(line.as_bytes()).and_then(|()| match level {
+                Level::Info => Ok(()),
+                Level::Warn | Level::Error => file.sync_data(),
+            });
             if let Err(e) = written {
                 tracing::error!(path = %self.path.display(), "cannot append to the event log: {e}");
             }

@@ -1,8 +1,16 @@
 //! What a restarted daemon needs to take over without killing anything:
 //! each joined lockspace's generation and nonce, every registered holder
 //! (pid + start time, which together name one process) and the leases held
-//! for it. Written atomically (temporary file, fsync, rename) under the run
+//! for it. Written atomically (temporary file, rename) under the run
 //! directory after every change; a file from another boot is ignored.
+//!
+//! Not fsynced: the file only matters to a later daemon of the same boot,
+//! which reads it through the page cache (a rename is atomic for every
+//! reader, synced or not). After a power loss or a kernel crash it belongs
+//! to an earlier boot and is ignored, even if it lost its content: a file
+//! that does not parse but was last written before this boot began is
+//! treated as an earlier boot's. (An fsync per acquire and per release was
+//! most of the daemon's own time on a request.)
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -47,11 +55,37 @@ pub struct PersistedHolder {
 }
 
 /// This boot's id: a state file from an earlier boot describes processes
-/// that no longer exist.
+/// that no longer exist. Read once per process.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// When this boot began, from `btime` in /proc/stat (None if unknown).
+fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let seconds: u64 = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+}
+
+/// Was `path` last written before this boot began (so by an earlier boot)?
+fn written_before_boot(path: &Path) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (modified, boot_time()) {
+        (Some(modified), Some(booted)) => modified < booted,
+        _ => false,
+    }
 }
 
 pub fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
@@ -60,7 +94,6 @@ pub fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
     {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&text)?;
-        file.sync_all()?;
     }
     std::fs::rename(&temporary, path)
 }
@@ -84,8 +117,18 @@ pub fn read(path: &Path) -> Result<Previous, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Previous::Nothing),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let state: StateFile = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a valid state file: {e}", path.display()))?;
+    let state: StateFile = match serde_json::from_slice(&text) {
+        Ok(state) => state,
+        // Torn by a power loss before it reached the disk: nothing of
+        // that boot runs any more.
+        Err(_) if written_before_boot(path) => return Ok(Previous::EarlierBoot),
+        Err(e) => {
+            return Err(format!(
+                "{}: not a valid state file: {e}; if no leaseholdd of this boot ran with holders, remove it",
+                path.display()
+            ))
+        }
+    };
     if state.boot_id != boot_id() {
         return Ok(Previous::EarlierBoot);
     }
@@ -139,6 +182,15 @@ mod tests {
         assert_eq!(read(&path).expect("read"), Previous::EarlierBoot);
         std::fs::write(&path, b"{").expect("write");
         assert!(read(&path).is_err());
+        // The same torn file, last written before this boot: an earlier
+        // boot's, whose processes are gone.
+        let before_boot = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(before_boot))
+            .expect("set mtime");
+        assert_eq!(read(&path).expect("read"), Previous::EarlierBoot);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

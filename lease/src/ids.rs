@@ -56,11 +56,12 @@ impl fmt::Display for Owner {
 /// A random 64-bit value from the kernel, for join nonces and backoff
 /// seeds of real processes (the simulator draws its own from its seed).
 pub fn random_u64() -> u64 {
-    use std::io::Read;
     let mut bytes = [0u8; 8];
-    let from_urandom =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if from_urandom.is_ok() {
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the
+    // buffer, which lives for the whole call. One syscall, no file to open
+    // (this runs on every acquire).
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(filled).is_ok_and(|n| n == bytes.len()) {
         return u64::from_le_bytes(bytes);
     }
     let nanos = std::time::SystemTime::now()
