@@ -1,6 +1,7 @@
 //! Storage faults under running daemons, through nbdkit (error and pause
 //! filters) -> nbdfuse -> loop: one host's path fails (EIO) or hangs while
-//! the others see the device fine; or the whole device stalls for everyone.
+//! the others see the device fine; or the whole device stalls for everyone;
+//! or latency spikes of up to 3T (the fence-mode expiry's envelope).
 
 use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
 use leasehold_tests::{dead, sparse_file, wait_long, LoopDevice, PausableDevice, Scratch};
@@ -153,4 +154,85 @@ fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
     assert!(hosts[1].spawn_holder(&["vm1"]).is_err());
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// Latency spikes of up to 3T, the envelope the fence-mode expiry (6T) is
+/// chosen for (docs/timeouts.md, "Detection in fence mode"): `spikes` times
+/// the storage pauses for 3T (at a different point of the renewal cycle
+/// each time) and comes back; no host may be called silent meanwhile, by
+/// any observer, and none may self-fence.
+fn spikes_of_3t_call_no_host_silent(hosts: &[Host], pause: &dyn Fn(), resume: &dyn Fn()) {
+    for h in hosts {
+        wait_long(Duration::from_secs(20), || {
+            let seen = h.hosts();
+            (seen.iter().filter(|x| x.state == "live").count() == hosts.len()).then_some(())
+        })
+        .expect("everyone live");
+    }
+    let t = Duration::from_millis(u64::from(T_MS));
+    for spike in 0..6u32 {
+        // Shift the spike's start through the 2T renewal cycle.
+        std::thread::sleep(t * spike / 3);
+        pause();
+        let started = Instant::now();
+        while started.elapsed() < 3 * t {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        resume();
+        // Long enough for every observer to see every host renew again.
+        let settled = Instant::now();
+        while settled.elapsed() < 4 * t {
+            for h in hosts {
+                for seen in h.hosts() {
+                    assert!(
+                        seen.state != "silent" && seen.state != "dead",
+                        "{} called host {} {} after a 3T latency spike",
+                        h.spec.name,
+                        seen.host_id,
+                        seen.state
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for h in hosts {
+        assert!(!h.has_event("host-silent"), "{}", h.log());
+        assert!(!h.has_event("self-fence"), "{}", h.log());
+    }
+}
+
+#[test]
+fn latency_spikes_of_3t_on_one_hosts_path_call_nobody_silent() {
+    let scratch = Scratch::new("spike1");
+    let backing = scratch.file("lease.img");
+    sparse_file(&backing, 8 << 20);
+    let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    format_test_device(&shared.path);
+    let path3 = PausableDevice::over_file(&backing);
+    let hosts = vec![
+        Host::start(&scratch.path, HostSpec::new(1, &shared.path, T_MS)),
+        Host::start(&scratch.path, HostSpec::new(2, &shared.path, T_MS)),
+        Host::start(&scratch.path, HostSpec::new(3, path3.path(), T_MS)),
+    ];
+    for h in &hosts {
+        h.wait_joined();
+    }
+    spikes_of_3t_call_no_host_silent(&hosts, &|| path3.pause(), &|| path3.resume());
+    // Host 3 itself saw its renewals fail during the spikes.
+    assert!(hosts[2].has_event("renewal-failed"), "{}", hosts[2].log());
+}
+
+#[test]
+fn latency_spikes_of_3t_on_the_whole_device_call_nobody_silent() {
+    let scratch = Scratch::new("spikeall");
+    let device = PausableDevice::start(8 << 20);
+    format_test_device(device.path());
+    let hosts: Vec<Host> = (1..=3)
+        .map(|id| Host::start(&scratch.path, HostSpec::new(id, device.path(), T_MS)))
+        .collect();
+    for h in &hosts {
+        h.wait_joined();
+    }
+    spikes_of_3t_call_no_host_silent(&hosts, &|| device.pause(), &|| device.resume());
 }

@@ -732,9 +732,10 @@ fn check_not_renewing(
         return Err(Reply::failure(
             ErrorKind::Busy,
             format!(
-                "refusing `fence confirm` of host {} ({}): storage does not show it silent yet{last}; a host is silent {} ms after its last renewal. Wait, then confirm",
+                "refusing `fence confirm` of host {} ({}): storage does not show it silent yet{last}; a host is silent {} ms after its last renewal ({} ms with a watchdog). Wait, then confirm",
                 entry.id,
                 entry.name,
+                timeouts.fence_expiry_ms,
                 timeouts.expiry_ms
             ),
         ));

@@ -161,7 +161,7 @@ impl Observer {
                     let theirs = Timeouts::from_io_timeout_ms(record.io_timeout_ms);
                     if unchanged_for_ms >= theirs.host_dead_ms {
                         HostState::Dead
-                    } else if unchanged_for_ms >= theirs.expiry_ms {
+                    } else if unchanged_for_ms >= theirs.silence_ms(record.flags.watchdog) {
                         HostState::Silent
                     } else if watch.changes_seen > 0 {
                         HostState::Live

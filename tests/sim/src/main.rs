@@ -44,6 +44,15 @@ struct Cli {
     /// instead of drawn ones.
     #[arg(long, value_parser = parse_latency)]
     latency: Option<(u64, u64)>,
+    /// Latency spikes in every seed, each up to this many io_timeouts
+    /// (e.g. 3), on one host's path or the whole device; default: spikes of
+    /// up to 3T in some seeds.
+    #[arg(long)]
+    spikes: Option<f64>,
+    /// The fence-mode expiry in io_timeouts (default 6): how long a host
+    /// without a watchdog must stand still to be called silent.
+    #[arg(long)]
+    fence_expiry: Option<f64>,
     /// Run a deliberately unsafe protocol variant; `list` prints the names.
     #[arg(long)]
     planted_bug: Option<String>,
@@ -111,7 +120,11 @@ fn main() -> ExitCode {
         fault_scale: cli.fault_scale,
         duration_s: cli.duration,
         latency_ms: cli.latency,
+        spike_max_tenths_of_t: cli.spikes.map(|t| (t * 10.0).round() as u64),
     };
+    if let Some(multiple) = cli.fence_expiry {
+        lease::timeouts::override_fence_expiry_tenths_of_t((multiple * 10.0).round() as u64);
+    }
     let started = Instant::now();
     if let Some(seed) = cli.seed {
         let outcome = run_seed(seed, &options);

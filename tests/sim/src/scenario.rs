@@ -21,6 +21,9 @@ pub struct Options {
     /// Every host's storage latency, base and random spread (ms), instead
     /// of drawn ones: a fast device, for seeds with very many slots.
     pub latency_ms: Option<(u64, u64)>,
+    /// Latency spikes in every seed, each at most this long in tenths of
+    /// the io_timeout (instead of drawn: spikes of up to 3T in some seeds).
+    pub spike_max_tenths_of_t: Option<u64>,
 }
 
 /// Mean time between two faults of one kind, in simulated ms; None = off.
@@ -40,6 +43,13 @@ pub struct FaultRates {
     pub corruption_ms: Option<f64>,
     /// Probability that an I/O stalls past its deadline.
     pub io_stall_chance: f64,
+    /// A latency spike: for a while, every I/O of one host's path (or of
+    /// the whole device) completes only when the spike ends. Not a
+    /// disturbance: spikes within `spike_max_tenths_of_t` must never get a
+    /// live host called silent (the false-fence check holds throughout).
+    pub spike_ms: Option<f64>,
+    /// The longest spike, in tenths of the io_timeout (30: 3T).
+    pub spike_max_tenths_of_t: u64,
     /// A crash tears in-flight writes (garbage sectors) instead of only
     /// landing or dropping them.
     pub torn_writes: bool,
@@ -135,6 +145,19 @@ impl Scenario {
             })
             .max(resources);
         let names_probed = !rng.chance(0.2);
+        // Drawn after everything else, so earlier draws stay as they were.
+        match options.spike_max_tenths_of_t {
+            Some(tenths) => {
+                faults.spike_ms = Some(20_000.0);
+                faults.spike_max_tenths_of_t = tenths;
+            }
+            None => {
+                if scale > 0.0 && rng.chance(0.3) {
+                    faults.spike_ms = Some(rng.range(20, 120) as f64 * 1000.0 / scale);
+                }
+                faults.spike_max_tenths_of_t = 30;
+            }
+        }
         Scenario {
             hosts,
             resources,
@@ -172,14 +195,15 @@ impl fmt::Display for Scenario {
         };
         write!(
             f,
-            "hosts={} resources={} slots={} names_probed={} sector={} duration={}s watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
-             path={} device_stall={} pause={} clock_jump={} crash={} corruption={} io_stall={} torn={} impostors={} planted={}",
+            "hosts={} resources={} slots={} names_probed={} sector={} duration={}s io_timeouts={:?}ms watchdogs={} fence_devices={} fence_success={} latency={:?}+{:?}ms \
+             path={} device_stall={} pause={} clock_jump={} crash={} corruption={} io_stall={} spikes={}(max {}T/10) torn={} impostors={} planted={}",
             self.hosts,
             self.resources,
             self.slots,
             self.names_probed,
             self.sector_size_bytes,
             self.duration_ms / 1000,
+            self.io_timeout_ms,
             self.watchdog.iter().filter(|w| **w).count(),
             self.fence_device.iter().filter(|w| **w).count(),
             self.fence_success_chance,
@@ -192,6 +216,8 @@ impl fmt::Display for Scenario {
             on(self.faults.crash_ms),
             on(self.faults.corruption_ms),
             self.faults.io_stall_chance,
+            on(self.faults.spike_ms),
+            self.faults.spike_max_tenths_of_t,
             self.faults.torn_writes,
             self.faults.impostor_chance,
             self.planted_bug.map(|b| b.name()).unwrap_or("none"),

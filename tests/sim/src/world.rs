@@ -79,6 +79,7 @@ enum FaultKind {
     ClockJump,
     Crash,
     Corruption,
+    Spike,
 }
 
 struct PendingIo {
@@ -159,6 +160,9 @@ pub struct World {
     ios: BTreeMap<u64, PendingIo>,
     next_io: u64,
     device_stalled_until_ms: u64,
+    /// Latency spikes: per process, and of the whole device.
+    spiked_until_ms: Vec<u64>,
+    device_spiked_until_ms: u64,
     fences_in_progress: BTreeMap<HostId, u64>,
     liveness: bool,
     ended: bool,
@@ -243,6 +247,8 @@ impl World {
             ios: BTreeMap::new(),
             next_io: 1,
             device_stalled_until_ms: 0,
+            spiked_until_ms: Vec::new(),
+            device_spiked_until_ms: 0,
             fences_in_progress: BTreeMap::new(),
             liveness: false,
             ended: false,
@@ -264,6 +270,7 @@ impl World {
             FaultKind::ClockJump,
             FaultKind::Crash,
             FaultKind::Corruption,
+            FaultKind::Spike,
         ] {
             world.schedule_fault(kind);
         }
@@ -291,6 +298,7 @@ impl World {
             FaultKind::ClockJump => f.clock_jump_ms,
             FaultKind::Crash => f.crash_ms,
             FaultKind::Corruption => f.corruption_ms,
+            FaultKind::Spike => f.spike_ms,
         }
     }
 
@@ -994,8 +1002,11 @@ impl World {
                 // A restart of this machine (or after its self-fence): its
                 // old processes are gone, so its old generation may end.
                 process.raise_floor_pending = own_restart;
+                // The first renewal is due one interval after the join's
+                // write, as in the daemon (renew_loop: last_renewal_ms +
+                // renew_interval), not after the settle wait.
+                process.next_renew_local_ms = lease.last_renewal_ms + t.renew_interval_ms;
                 process.lease = Some(lease);
-                process.next_renew_local_ms = local + t.renew_interval_ms;
                 self.note(40, p as u64, || {
                     format!("p{p} joined, generation {generation}")
                 });
@@ -1021,7 +1032,11 @@ impl World {
             }
             Done::Renew(Err(LeaseError::Disk(_)))
             | Done::Renew(Err(LeaseError::Corrupt { .. })) => {
-                // Try again next interval; the deadline decides.
+                // Try again T/2 after the failure, as the daemon's renewal
+                // thread does (space.rs, renew_loop); the deadline decides.
+                let retry_ms = (u64::from(self.processes[p].io_timeout_ms) / 2).max(1);
+                let process = &mut self.processes[p];
+                process.next_renew_local_ms = process.next_renew_local_ms.min(local + retry_ms);
             }
             Done::Renew(Err(e)) => self.self_fence(p, e.to_string()),
             Done::Leave(result) => {
@@ -1169,6 +1184,15 @@ impl World {
         if self.device_stalled_until_ms > self.now_ms {
             latency =
                 latency.max(self.device_stalled_until_ms - self.now_ms + self.latency_base_ms(p));
+        }
+        let spiked_until_ms = self
+            .spiked_until_ms
+            .get(p)
+            .copied()
+            .unwrap_or(0)
+            .max(self.device_spiked_until_ms);
+        if spiked_until_ms > self.now_ms {
+            latency = latency.max(spiked_until_ms - self.now_ms + self.latency_base_ms(p));
         }
         let sectors = length_bytes / u64::from(self.scenario.sector_size_bytes);
         let chunks: u8 = if data.is_none() && sectors > 1 { 2 } else { 1 };
@@ -1438,6 +1462,37 @@ impl World {
                         if hang { "hangs" } else { "fails" }
                     )
                 });
+            }
+            FaultKind::Spike => {
+                // Up to spike_max x T: of one host's path (its own T), or of
+                // the whole device (the smallest T of all).
+                let tenths = self.scenario.faults.spike_max_tenths_of_t;
+                if self.rng.chance(0.5) {
+                    let Some(p) = self.random_up_process() else {
+                        return;
+                    };
+                    let timeout = u64::from(self.processes[p].io_timeout_ms);
+                    let until = self.now_ms + self.rng.range(1, timeout * tenths / 10);
+                    if self.spiked_until_ms.len() <= p {
+                        self.spiked_until_ms.resize(p + 1, 0);
+                    }
+                    self.spiked_until_ms[p] = self.spiked_until_ms[p].max(until);
+                    self.note(61, p as u64, || {
+                        format!("p{p} storage latency spikes until {until}")
+                    });
+                } else {
+                    let timeout = self
+                        .processes
+                        .iter()
+                        .map(|process| u64::from(process.io_timeout_ms))
+                        .min()
+                        .unwrap_or(1_000);
+                    let until = self.now_ms + self.rng.range(1, timeout * tenths / 10);
+                    self.device_spiked_until_ms = self.device_spiked_until_ms.max(until);
+                    self.note(62, 0, || {
+                        format!("whole-device latency spikes until {until}")
+                    });
+                }
             }
             FaultKind::DeviceStall => {
                 let until = self.now_ms + self.rng.range(1_000, 15_000);
