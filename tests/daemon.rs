@@ -9,7 +9,8 @@ use leasehold_tests::{
 };
 use std::time::{Duration, Instant};
 
-/// io_timeout for these tests: expiry 8T = 4 s, host_dead 12T = 6 s.
+/// io_timeout for these tests: expiry 8T = 4 s (6T = 3 s without a
+/// watchdog), host_dead 12T = 6 s.
 const T_MS: u32 = 500;
 
 struct Cluster {
@@ -53,13 +54,27 @@ fn all_live(host: &Host, ids: &[u32]) -> bool {
 
 #[test]
 fn three_daemons_see_each_other_and_a_killed_one_goes_silent_after_expiry_only() {
-    let c = cluster("three");
+    // With a watchdog: expiry 8T.
+    killed_host_goes_silent_after(true, 8);
+}
+
+#[test]
+fn without_a_watchdog_a_killed_host_goes_silent_after_the_fence_mode_expiry_only() {
+    // Fence mode: 6T (docs/timeouts.md, "Detection in fence mode").
+    killed_host_goes_silent_after(false, 6);
+}
+
+fn killed_host_goes_silent_after(watchdog: bool, expiry_t: u64) {
+    let c = cluster(if watchdog { "three" } else { "three-fm" });
     let mut hosts: Vec<Host> = (1..=3)
-        .map(|id| Host::start(&c.root, HostSpec::new(id, &c.path, T_MS).with_watchdog()))
+        .map(|id| {
+            let spec = HostSpec::new(id, &c.path, T_MS);
+            Host::start(&c.root, if watchdog { spec.with_watchdog() } else { spec })
+        })
         .collect();
     for h in &hosts {
         h.wait_joined();
-        assert!(h.emulator_said("armed").is_some());
+        assert_eq!(h.emulator_said("armed").is_some(), watchdog);
     }
     for h in &hosts {
         assert!(
@@ -73,7 +88,7 @@ fn three_daemons_see_each_other_and_a_killed_one_goes_silent_after_expiry_only()
     }
     let killed_at = Instant::now();
     hosts[2].kill9();
-    let expiry = Duration::from_millis(8 * u64::from(T_MS));
+    let expiry = Duration::from_millis(expiry_t * u64::from(T_MS));
     let renew_interval = Duration::from_millis(2 * u64::from(T_MS));
     for h in &hosts[..2] {
         let silent = wait_long(Duration::from_secs(30), || {
@@ -87,7 +102,7 @@ fn three_daemons_see_each_other_and_a_killed_one_goes_silent_after_expiry_only()
             after + renew_interval >= expiry,
             "declared silent {after:?} after the kill, before expiry {expiry:?}"
         );
-        assert!(silent.unchanged_for_ms >= 8 * u64::from(T_MS));
+        assert!(silent.unchanged_for_ms >= expiry_t * u64::from(T_MS));
         let status = h.status().expect("status");
         let space = &status.lockspaces[0];
         assert_eq!(
