@@ -1526,20 +1526,44 @@ fn idle_section(report: &mut Report, settings: &Settings, t: u32) {
         format!("idle RSS after {idle_s} s (io_timeout {t} s)"),
         format!("{ours_mb:.1} MB"),
         format!("{theirs_mb:.1} MB"),
-        format!(
-            "{}{}",
-            ratio(ours_mb, theirs_mb),
-            verdict(ours_mb, |mb| mb <= 10.0, "≤ 10 MB")
-        ),
+        ratio(ours_mb, theirs_mb),
         String::new(),
     );
+    // RSS counts shared libraries whole (libvirt's, for us); PSS splits
+    // them among their users; anonymous memory is the daemon's own.
+    let mb = |kib: u64| kib as f64 / 1024.0;
+    let ours_memory = i32::try_from(ours_pid)
+        .ok()
+        .and_then(leasehold_tests::memory_kib);
+    let theirs_memory = i32::try_from(theirs_pid)
+        .ok()
+        .and_then(leasehold_tests::memory_kib);
+    if let (Some((_, ours_pss, ours_private)), Some((_, theirs_pss, theirs_private))) =
+        (ours_memory, theirs_memory)
+    {
+        report.add(
+            format!("idle PSS / private (anonymous) memory after {idle_s} s (io_timeout {t} s)"),
+            format!("{:.1} / {:.1} MB", mb(ours_pss), mb(ours_private)),
+            format!("{:.1} / {:.1} MB", mb(theirs_pss), mb(theirs_private)),
+            format!(
+                "{} (private){}",
+                ratio(mb(ours_private), mb(theirs_private)),
+                verdict(mb(ours_private), |m| m <= 5.0, "private ≤ 5 MB")
+            ),
+            String::new(),
+        );
+    }
     let ours_cpu = (ours_cpu1 - ours_cpu0) / idle_s as f64 * 100.0;
     let theirs_cpu = (theirs_cpu1 - theirs_cpu0) / idle_s as f64 * 100.0;
     report.add(
         format!("idle CPU over {idle_s} s (io_timeout {t} s)"),
         format!("{ours_cpu:.3} %"),
         format!("{theirs_cpu:.3} %"),
-        ratio(ours_cpu, theirs_cpu),
+        format!(
+            "{}{}",
+            ratio(ours_cpu, theirs_cpu),
+            verdict(ours_cpu / theirs_cpu, |r| r <= 1.5, "≤ 1.5× sanlock")
+        ),
         String::new(),
     );
     let kib_s = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1024.0 / idle_s as f64;
@@ -1576,7 +1600,11 @@ fn idle_section(report: &mut Report, settings: &Settings, t: u32) {
                 per_s(theirs0.0, theirs1.0),
                 per_s(theirs0.1, theirs1.1)
             ),
-            ratio(ours_ops, theirs_ops),
+            format!(
+                "{}{}",
+                ratio(ours_ops, theirs_ops),
+                verdict(ours_ops / theirs_ops, |r| r <= 2.0, "≤ 2× sanlock")
+            ),
             String::new(),
         );
     }

@@ -23,7 +23,7 @@ use lease::paxos::{self, ReleaseRequest};
 use lease::resource::{self, NamedAcquire};
 use lease::{HostId, Lockspace};
 use leasehold_tests::daemon::{Host, HostSpec};
-use leasehold_tests::{block_ops, leasehold_bin, sparse_file, LoopDevice, Scratch};
+use leasehold_tests::{block_ops, leasehold_bin, memory_kib, sparse_file, LoopDevice, Scratch};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -72,19 +72,6 @@ fn measure<T>(disk: &CountingDisk<DirectDisk>, f: impl FnOnce() -> T) -> (T, IoC
 }
 
 /// RSS, PSS and private anonymous memory of `pid`, in KiB.
-fn memory_kib(pid: i32) -> Option<(u64, u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some((field("Rss:")?, field("Pss:")?, field("Anonymous:")?))
-}
-
 fn join(space: &Lockspace, disk: &dyn Disk) -> DeltaLease {
     let request = JoinRequest {
         host_id: HostId::new(1).expect("nonzero"),

@@ -410,10 +410,11 @@ mod tests {
         );
         run_for(&mut monitor, &disk, &space, 0, 10_000, &[1, 2, 3, 4]);
         assert!(monitor.declared_silent(&space).is_empty());
-        // Host 4 last moved at 8 s; 6 s later (under expiry) nothing is declared.
-        let events = run_for(&mut monitor, &disk, &space, 10_000, 5_000, &[1, 2, 3]);
+        // Host 4 (no watchdog: fence mode, expiry 6T = 6 s) last moved at
+        // 8 s; 4 s later (under its expiry) nothing is declared.
+        let events = run_for(&mut monitor, &disk, &space, 10_000, 3_000, &[1, 2, 3]);
         assert!(monitor.declared_silent(&space).is_empty(), "{events:?}");
-        let events = run_for(&mut monitor, &disk, &space, 15_000, 4_000, &[1, 2, 3]);
+        let events = run_for(&mut monitor, &disk, &space, 13_000, 4_000, &[1, 2, 3]);
         assert_eq!(
             monitor
                 .declared_silent(&space)

@@ -202,6 +202,23 @@ impl Drop for LoopDevice {
 }
 
 /// Create a sparse file of `size_bytes`.
+/// A process's memory in KiB: (RSS, PSS, anonymous = private), from
+/// /proc/PID/smaps_rollup. Most of an RSS can be shared libraries; PSS
+/// splits shared pages among their users; anonymous memory is the
+/// process's own.
+pub fn memory_kib(pid: i32) -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("Rss:")?, field("Pss:")?, field("Anonymous:")?))
+}
+
 /// Reads and writes a block device has completed (its /sys/block stat),
 /// e.g. "/dev/loop3".
 pub fn block_ops(device: &str) -> Option<(u64, u64)> {
