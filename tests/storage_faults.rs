@@ -95,9 +95,9 @@ fn a_host_whose_storage_hangs_self_fences_and_the_others_carry_on() {
     one_host_loses_its_storage(Fault::Hang);
 }
 
-#[test]
-fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
-    let scratch = Scratch::new("stall");
+/// Three joined hosts in fence mode, all on one pausable device.
+fn three_hosts_on_one_pausable_device(name: &str) -> (Scratch, PausableDevice, Vec<Host>) {
+    let scratch = Scratch::new(name);
     let device = PausableDevice::start(8 << 20);
     format_test_device(device.path());
     let hosts: Vec<Host> = (1..=3)
@@ -106,6 +106,12 @@ fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
     for h in &hosts {
         h.wait_joined();
     }
+    (scratch, device, hosts)
+}
+
+#[test]
+fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
+    let (_scratch, device, hosts) = three_hosts_on_one_pausable_device("stall");
     for h in &hosts {
         wait_long(Duration::from_secs(20), || {
             let hosts = h.hosts();
@@ -225,14 +231,6 @@ fn latency_spikes_of_3t_on_one_hosts_path_call_nobody_silent() {
 
 #[test]
 fn latency_spikes_of_3t_on_the_whole_device_call_nobody_silent() {
-    let scratch = Scratch::new("spikeall");
-    let device = PausableDevice::start(8 << 20);
-    format_test_device(device.path());
-    let hosts: Vec<Host> = (1..=3)
-        .map(|id| Host::start(&scratch.path, HostSpec::new(id, device.path(), T_MS)))
-        .collect();
-    for h in &hosts {
-        h.wait_joined();
-    }
+    let (_scratch, device, hosts) = three_hosts_on_one_pausable_device("spikeall");
     spikes_of_3t_call_no_host_silent(&hosts, &|| device.pause(), &|| device.resume());
 }
