@@ -4,7 +4,7 @@
 //! or a real unprivileged libvirtd running QEMU guests per host.
 
 use crate::bmc::{free_udp_port, PASSWORD, USER};
-use crate::daemon::{format_test_device, Host, HostSpec};
+use crate::daemon::{format_test_device_with, test_device_size_bytes, Host, HostSpec};
 use crate::libvirt_proxy::LibvirtProxy;
 use crate::{sparse_file, wait_long, LoopDevice, PausableDevice, Scratch};
 use leasehold_daemon::placement::Priority;
@@ -35,6 +35,10 @@ pub struct ClusterSpec {
     pub io_timeout_ms: u32,
     /// Memory each host advertises.
     pub memory_mib: u32,
+    /// vCPUs each host advertises.
+    pub vcpus: u32,
+    /// Resource slots of the lease device: how many HA VMs it can hold.
+    pub max_resources: u32,
     pub restart_grace_ms: u64,
     pub hypervisor: Hypervisor,
     /// Hosts whose daemon reaches its libvirtd through a fault-injecting
@@ -58,6 +62,8 @@ impl ClusterSpec {
             hosts: 3,
             io_timeout_ms,
             memory_mib,
+            vcpus: 8,
+            max_resources: 16,
             restart_grace_ms: 3000,
             hypervisor: Hypervisor::TestDriver { broken: Vec::new() },
             proxied: Vec::new(),
@@ -74,6 +80,8 @@ impl ClusterSpec {
             hosts,
             io_timeout_ms,
             memory_mib,
+            vcpus: 8,
+            max_resources: 16,
             restart_grace_ms: 5000,
             hypervisor: Hypervisor::Qemu,
             proxied: Vec::new(),
@@ -133,9 +141,12 @@ impl Cluster {
             .arg(&scratch.path)
             .status();
         let backing = scratch.file("lease.img");
-        sparse_file(&backing, 16 << 20);
+        sparse_file(
+            &backing,
+            test_device_size_bytes(spec.max_resources).max(16 << 20),
+        );
         let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
-        format_test_device(&device.path);
+        format_test_device_with(&device.path, spec.max_resources);
         let ports: Vec<u16> = (0..spec.hosts).map(|_| free_udp_port()).collect();
         let port = |i: u32| ports[usize::try_from(i - 1).expect("index")];
         let cluster_toml: String = (1..=spec.hosts)
@@ -191,8 +202,8 @@ impl Cluster {
                     .unwrap_or_default();
                 let failover_lines = spec.failover_lines.get(&i).cloned().unwrap_or_default();
                 host.extra = format!(
-                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = 8\n[failover]\nrestart_grace_ms = {}\n{failover_lines}{cluster_toml}{}",
-                    spec.memory_mib, spec.restart_grace_ms, spec.extra
+                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = {}\n[failover]\nrestart_grace_ms = {}\n{failover_lines}{cluster_toml}{}",
+                    spec.memory_mib, spec.vcpus, spec.restart_grace_ms, spec.extra
                 );
                 host.secrets = Some(secrets.clone());
                 host.bmc_port = Some(port(i));

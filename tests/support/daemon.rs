@@ -63,6 +63,12 @@ impl HostSpec {
 /// Format `path` as the daemon tests' lockspace "test": 8 hosts, 16
 /// slots, io_timeout 0.5 s.
 pub fn format_test_device(path: &str) {
+    format_test_device_with(path, 16);
+}
+
+/// [`format_test_device`] with `max_resources` slots (e.g. for hundreds of
+/// HA VMs); the device must hold [`test_device_size_bytes`].
+pub fn format_test_device_with(path: &str, max_resources: u32) {
     crate::leasehold_ok(&[
         "format",
         path,
@@ -71,10 +77,23 @@ pub fn format_test_device(path: &str) {
         "--max-hosts",
         "8",
         "--max-resources",
-        "16",
+        &max_resources.to_string(),
         "--io-timeout",
         "0.5",
     ]);
+}
+
+/// The bytes a [`format_test_device_with`] device of `max_resources`
+/// slots spans (512-byte sectors, 8 hosts, the default payload size).
+pub fn test_device_size_bytes(max_resources: u32) -> u64 {
+    lease::format::Geometry::new(
+        512,
+        8,
+        max_resources,
+        lease::format::PAYLOAD_SIZE_BYTES_DEFAULT,
+    )
+    .expect("geometry")
+    .device_size_bytes()
 }
 
 /// Overwrite host `id`'s sector of a [`format_test_device`] device with
