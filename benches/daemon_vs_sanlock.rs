@@ -1753,9 +1753,9 @@ slots), sanlock {version} with its default 1 MiB lockspace and resource areas; t
 - Clients: ours through the control socket (one connection, a registered pid) or the `lease` \
 library in-process; sanlock through python3-sanlock (one registered connection, in-process \
 libsanlock calls, as vdsm does). The CLI rows start a process per call on both sides.
-- An acquire by name looks its slot up among all {slots} resource slots (and, after winning, \
-reads them again to rule out a duplicate claim); \"by slot\" is the paxos protocol alone, as \
-sanlock's RESOURCE names its offset.
+- An acquire by name finds its slot along the name's probe sequence (one leader read, usually) \
+and, once the slot carries the NAME_CHECKED mark, runs paxos without a duplicate check; \"by \
+slot\" is the paxos protocol alone, as sanlock's RESOURCE names its offset.
 - sanlock runs unprivileged, one daemon per host (its own SANLOCK_RUN_DIR), with `-w 0`: no \
 watchdog daemon, so after kill -9 nothing stops the victim's lease holder (with wdmd the host \
 would be reset); its takeover still waits 8T + 60 s. Our killed host runs an emulated watchdog \
