@@ -24,6 +24,20 @@ fn meminfo_mib() -> Option<(u32, u32)> {
     ))
 }
 
+/// The CPUs this process may use, read once: the count reads the cgroup's
+/// CPU quota (a dozen system calls), and it would otherwise be read at
+/// every renewal. A host whose CPUs change (hotplug, a new quota) shows it
+/// after a restart of the daemon.
+fn host_vcpus() -> u32 {
+    static VCPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *VCPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| u32::try_from(n.get()).ok())
+            .unwrap_or(1)
+    })
+}
+
 /// What this host can offer now. `used` is what its leased VMs take
 /// (memory MiB, vCPUs); configured totals replace the kernel's figures.
 pub fn current(
@@ -35,12 +49,7 @@ pub fn current(
         Some(total) => (total, total.saturating_sub(used.0)),
         None => meminfo_mib().unwrap_or((0, 0)),
     };
-    let vcpus_total = configured_vcpus.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .ok()
-            .and_then(|n| u32::try_from(n.get()).ok())
-            .unwrap_or(1)
-    });
+    let vcpus_total = configured_vcpus.unwrap_or_else(host_vcpus);
     Capacity {
         memory_mib_free,
         memory_mib_total,

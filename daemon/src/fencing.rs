@@ -135,12 +135,19 @@ pub fn fencing_thread(space: Arc<Space>) {
                 (Phase::Joined, Some(ls), Some(lease), Some(monitor))
                     if delta::holds(ls, lease, SystemClock.now_ms()) =>
                 {
-                    Some((
-                        lease.owner(),
-                        monitor.declared_silent(ls),
-                        monitor.dead_hosts(),
-                        monitor.hosts(ls),
-                    ))
+                    // The common case, nobody silent, costs one pass over
+                    // the observer's watches and no allocation per host.
+                    let silent = monitor.declared_silent(ls);
+                    if silent.is_empty() {
+                        Some((lease.owner(), silent, Vec::new(), Vec::new()))
+                    } else {
+                        Some((
+                            lease.owner(),
+                            silent,
+                            monitor.dead_hosts(),
+                            monitor.hosts(ls),
+                        ))
+                    }
                 }
                 _ => None,
             }
