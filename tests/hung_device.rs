@@ -135,3 +135,46 @@ fn a_device_with_too_many_stuck_ios_is_refused_as_hung() {
     disk.read(0, &mut [0; 512])
         .expect("usable again after resume");
 }
+
+#[test]
+fn sectors_under_a_timed_out_write_are_neither_written_nor_read_until_it_lands() {
+    let device = PausableDevice::start(16 << 20);
+    let path = device.path().to_string();
+    let disk = std::sync::Arc::new(UringDisk::open(&path, None, 300).expect("open uring"));
+    let target_bytes = 4096;
+    device.pause();
+    let writer = std::sync::Arc::clone(&disk);
+    let late = returns(move || writer.write(target_bytes, &[0xAB; 512]));
+    assert!(matches!(late, Err(DiskError::Timeout { .. })), "{late:?}");
+    // The timed-out write may still land: a new write there could be
+    // overtaken, and a read there could return what it is about to replace
+    // (a caller writing that back would undo it). Both are refused at once.
+    let again = disk.write(target_bytes, &[0xCD; 512]);
+    assert!(
+        matches!(again, Err(DiskError::WriteInFlight { .. })),
+        "{again:?}"
+    );
+    let mut sector = vec![0; 512];
+    let read = disk.read(target_bytes, &mut sector);
+    assert!(
+        matches!(read, Err(DiskError::WriteInFlight { .. })),
+        "{read:?}"
+    );
+    // A multi-sector read that covers it is refused too.
+    let mut two = vec![0; 1024];
+    let read = disk.read(target_bytes - 512, &mut two);
+    assert!(
+        matches!(read, Err(DiskError::WriteInFlight { .. })),
+        "{read:?}"
+    );
+    device.resume();
+    assert_eq!(
+        wait_for(|| (disk.outstanding() == 0).then_some(())),
+        Some(()),
+        "the late write never completed"
+    );
+    // Once it has landed, a read sees it.
+    disk.read(target_bytes, &mut sector)
+        .expect("read after the late write landed");
+    assert_eq!(sector, vec![0xAB; 512]);
+}

@@ -11,7 +11,7 @@
 //! names were probed (no names-probed flag in the header), every leader.
 //!
 //! A name's window is its probe sequence up to and including the first slot
-//! never owned in any instance: no claim of the name, finished or under
+//! never written since format: no claim of the name, finished or under
 //! way, lies past it ([`scan_window`] says why).
 //!
 //! Claiming: read the window, every lease whole; if no slot carries the
@@ -146,37 +146,65 @@ fn deep_leader(mut leader: LeaderRecord, dblocks: &[DblockRecord]) -> LeaderReco
     leader
 }
 
-/// Never owned in any instance: no leader write and no accepted value.
-fn never_owned(leader: &LeaderRecord) -> bool {
-    leader.lver == 0 && leader.owner.is_none() && leader.name.is_empty()
+/// Never written since format: a leader that was never owned (lver 0, no
+/// owner, no name) and every dblock blank (no instance, ballot or
+/// proposal). Only the blank dblocks make this monotone: a value accepted
+/// in a slot stays in a dblock until a leader carries it, but a dblock that
+/// moved on to a later instance with only a ballot (phase 1) shows none,
+/// and a multi-sector read may see such dblocks beside a leader read
+/// before its write landed. Once any dblock has been written (always with
+/// lver >= 1), the slot is never pristine again: dblocks are only ever
+/// rewritten by their own host, from a read that is never older than its
+/// own last write (docs/safety.md, assumption 2).
+fn pristine(leader: &LeaderRecord, dblocks: &[DblockRecord]) -> bool {
+    leader.lver == 0
+        && leader.owner.is_none()
+        && leader.name.is_empty()
+        && dblocks
+            .iter()
+            .all(|d| d.lver == 0 && d.mbal == 0 && d.bal == 0 && d.inp.is_none())
 }
 
 /// The slots where a claim of `name` can have gone, each as its dblocks say
 /// it is ([`deep_leader`]), in probe order: `name`'s probe sequence up to
-/// and including its first never-owned slot. Used where a name must not be
-/// missed (claims, their duplicate check, release by name).
+/// and including its first pristine slot ([`pristine`]: never written
+/// since format). Used where a name must not be missed (claims, their
+/// duplicate check, release by name).
 ///
 /// Why nothing of `name` lies further on: a claim takes the first free slot
-/// of the sequence, and a never-owned slot is free, so a claim goes at most
-/// as far as the first never-owned slot it saw. A slot once owned stays
-/// owned (its accepted value stays in a dblock until a leader carries it),
-/// so that first never-owned slot only moves on along the sequence: every
-/// claim of `name`, finished or under way, lies at or before the one seen
-/// now. On a device without the names-probed header flag (a build that
-/// placed names first-free overall), the window is every slot.
+/// of the sequence, and a pristine slot is free, so a claim goes at most as
+/// far as the first pristine slot it saw. A slot stops being pristine at
+/// the first write to it and never becomes pristine again, so that first
+/// pristine slot only moves on along the sequence: every claim of `name`,
+/// finished or under way, lies at or before the one seen now. On a device
+/// without the names-probed header flag (a build that placed names
+/// first-free overall), the window is every slot.
 ///
 /// Cost: one contiguous read of `lease_size_bytes` per slot in the window;
-/// the window is one slot past the run of owned slots at the name's home
+/// the window is one slot past the run of written slots at the name's home
 /// (one or two slots while the device is far from full).
 async fn scan_window(port: &Port, space: &Lockspace, name: &str) -> Result<SlotScan, LeaseError> {
+    scan_probe_order(port, space, name, space.names_probed).await
+}
+
+/// Every slot in `name`'s probe order, each as its dblocks say it is;
+/// with `stop_at_pristine`, up to and including the first pristine one.
+async fn scan_probe_order(
+    port: &Port,
+    space: &Lockspace,
+    name: &str,
+    stop_at_pristine: bool,
+) -> Result<SlotScan, LeaseError> {
     let mut slots = Vec::new();
     for slot in probe_order(name, space.geometry.max_resources()) {
         let location = space.geometry.resource_lease(slot);
-        let entry = space
-            .read_lease(port, &location)
-            .await
-            .map(|(leader, dblocks)| deep_leader(leader, &dblocks));
-        let last = space.names_probed && matches!(&entry, Ok(leader) if never_owned(leader));
+        let (entry, last) = match space.read_lease(port, &location).await {
+            Ok((leader, dblocks)) => {
+                let last = stop_at_pristine && pristine(&leader, &dblocks);
+                (Ok(deep_leader(leader, &dblocks)), last)
+            }
+            Err(e) => (Err(e), false),
+        };
         slots.push((slot, entry));
         if last {
             break;
@@ -348,6 +376,12 @@ async fn acquire_inner(
         // concurrent claim, or a slot being given back, may have put it in a
         // second one. Check after our leader write; give ours back if not.
         let mut again = scan_window(port, space, &request.name).await?;
+        if !again.iter().any(|(other, _)| *other == slot) {
+            // Our own slot, written by us, cannot be pristine, so the window
+            // must reach past it; if it does not, something we do not
+            // understand happened: check every slot instead.
+            again = scan_probe_order(port, space, &request.name, false).await?;
+        }
         let duplicate = again.iter().any(|(other, leader)| {
             *other != slot && matches!(leader, Ok(l) if l.name == request.name)
         });

@@ -61,7 +61,7 @@ pub enum DiskError {
     #[error("{device}: {outstanding} earlier I/Os have not completed; refusing new I/O until the device answers")]
     Hung { device: String, outstanding: usize },
     /// an earlier write to the same sectors timed out and may still land
-    #[error("{device}: an earlier write at offset {offset_bytes} timed out and has not completed; a new write there could be overtaken by it, so it is refused until the device answers")]
+    #[error("{device}: an earlier write over offset {offset_bytes} timed out and has not completed; a new write there could be overtaken by it and a read could see what it replaces, so I/O there is refused until the device answers")]
     WriteInFlight { device: String, offset_bytes: u64 },
     /// the device cannot be opened or does not suit a lease device
     #[error("{device}: {reason}")]
@@ -75,6 +75,9 @@ pub trait Disk {
     fn sector_size_bytes(&self) -> u32;
     fn size_bytes(&self) -> u64;
     /// Read `buffer.len()` bytes at `offset_bytes`; both whole sectors.
+    /// Refused ([`DiskError::WriteInFlight`]) while an earlier write of this
+    /// process to any of those sectors timed out and may still land: what
+    /// it would return might be undone a moment later.
     fn read(&self, offset_bytes: u64, buffer: &mut [u8]) -> Result<(), DiskError>;
     /// Write `data` at `offset_bytes`; both whole sectors. Each sector is
     /// written atomically; a multi-sector write may tear between sectors.

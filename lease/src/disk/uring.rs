@@ -112,19 +112,21 @@ impl UringDisk {
                 outstanding: ring.orphans.len(),
             });
         }
-        if let Direction::Write(_) = direction {
-            let range = offset_bytes..offset_bytes + length as u64;
-            let overtaken = ring
-                .orphans
-                .values()
-                .filter_map(|o| o.write_range.as_ref())
-                .any(|r| r.start < range.end && range.start < r.end);
-            if overtaken {
-                return Err(DiskError::WriteInFlight {
-                    device: self.name.clone(),
-                    offset_bytes,
-                });
-            }
+        // Neither a write nor a read goes to sectors that a timed-out write
+        // of ours may still land on: a write could be overtaken by it, and
+        // a read could return what it is about to replace (a caller that
+        // writes such a read back would undo the late write).
+        let range = offset_bytes..offset_bytes + length as u64;
+        let overlapped = ring
+            .orphans
+            .values()
+            .filter_map(|o| o.write_range.as_ref())
+            .any(|r| r.start < range.end && range.start < r.end);
+        if overlapped {
+            return Err(DiskError::WriteInFlight {
+                device: self.name.clone(),
+                offset_bytes,
+            });
         }
         let mut buffer = match ring.spare.take() {
             Some(mut spare) => {

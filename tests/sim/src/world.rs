@@ -1179,7 +1179,17 @@ impl World {
             && self.scenario.faults.io_stall_chance > 0.0
             && self.rng.chance(self.scenario.faults.io_stall_chance)
         {
-            latency += self.rng.range(timeout, 5 * timeout);
+            let stall = self.rng.range(timeout, 5 * timeout);
+            latency += stall;
+            // A host without a watchdog is called silent after 6T, which
+            // rides out latency of up to 3T (docs/timeouts.md, "Detection
+            // in fence mode"); one I/O held longer than that may get it
+            // fenced, as a path failure may. (A watchdog host's 8T rides
+            // out the whole 5T: no exception for it.)
+            if stall > 3 * timeout && !self.processes[p].watchdog {
+                let until = self.now_ms + latency;
+                self.disturb(p, until);
+            }
         }
         if self.device_stalled_until_ms > self.now_ms {
             latency =
@@ -1199,15 +1209,18 @@ impl World {
         let is_write = data.is_some();
         let path = self.processes[p].path;
         let end_bytes = offset_bytes + length_bytes;
-        let refused = is_write
-            && self.ios.values().any(|io| {
-                io.p == p
-                    && io.data.is_some()
-                    && io.applies_left > 0
-                    && !io.dropped
-                    && io.offset_bytes < end_bytes
-                    && offset_bytes < io.offset_bytes + io.length_bytes
-            });
+        // As the io_uring engine: no write, and no read on the same handle
+        // (lane), over sectors that an earlier write of ours may still land
+        // on (a read could return what that write is about to replace).
+        let refused = self.ios.values().any(|io| {
+            io.p == p
+                && (is_write || io.lane == lane)
+                && io.data.is_some()
+                && io.applies_left > 0
+                && !io.dropped
+                && io.offset_bytes < end_bytes
+                && offset_bytes < io.offset_bytes + io.length_bytes
+        });
         let failed = refused || matches!(path, Path::Failing { .. });
         let lands = !refused && (!failed || (is_write && self.rng.chance(0.5)));
         let pending = PendingIo {
