@@ -711,6 +711,11 @@ impl VmManager {
             self.resolve_unsure();
         }
         if self.space.owner().is_none() {
+            // The slots that moved are not read now: read them all once we
+            // hold our lease again (the fingerprint moves on regardless).
+            if !matches!(rescan, Rescan::Nothing) {
+                self.needs_scan = true;
+            }
             return;
         }
         let scanned = match &rescan {
