@@ -60,6 +60,9 @@ struct Run {
     takeover_ms: i64,
     start_ms: i64,
     total_ms: i64,
+    /// Verdicts against a live host: a survivor calling another survivor
+    /// silent, or fencing it (a false fence in the making).
+    false_verdicts: usize,
 }
 
 /// Nearest-rank percentile.
@@ -115,7 +118,15 @@ fn one_run(round: usize, spec: &ClusterSpec) -> Option<Run> {
     let fenced = at("fenced", true)?;
     let acquired = at("acquired", true)?;
     let started = at("vm-started", false)?;
+    // Only host 1 was powered off: any verdict naming another host is false.
+    let false_verdicts = events
+        .iter()
+        .filter(|e| matches!(e.kind.as_str(), "host-silent" | "fencing" | "fenced"))
+        .filter(|e| !e.message.starts_with("host 1 ") && !e.message.contains(" host 1 ("))
+        .inspect(|e| eprintln!("run {round}: false verdict: {} {}", e.kind, e.message))
+        .count();
     Some(Run {
+        false_verdicts,
         detection_ms: silent - off_ms,
         fence_ms: fenced - silent,
         takeover_ms: acquired - fenced,
@@ -210,6 +221,10 @@ fn main() {
         results.len(),
         results.len(),
         results.len() / 100
+    );
+    println!(
+        "false verdicts (a live survivor called silent or fenced): {}",
+        results.iter().map(|r| r.false_verdicts).sum::<usize>()
     );
 }
 
