@@ -138,16 +138,12 @@ pub fn fencing_thread(space: Arc<Space>) {
                     // The common case, nobody silent, costs one pass over
                     // the observer's watches and no allocation per host.
                     let silent = monitor.declared_silent(ls);
-                    if silent.is_empty() {
-                        Some((lease.owner(), silent, Vec::new(), Vec::new()))
+                    let (dead, hosts) = if silent.is_empty() {
+                        (Vec::new(), Vec::new())
                     } else {
-                        Some((
-                            lease.owner(),
-                            silent,
-                            monitor.dead_hosts(),
-                            monitor.hosts(ls),
-                        ))
-                    }
+                        (monitor.dead_hosts(), monitor.hosts(ls))
+                    };
+                    Some((lease.owner(), silent, dead, hosts))
                 }
                 _ => None,
             }

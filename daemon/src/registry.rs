@@ -210,6 +210,20 @@ pub struct VmEntry {
     pub sequence: u64,
 }
 
+impl VmEntry {
+    /// A slot whose leader cannot be used: never "no VM", never started.
+    fn unusable(slot: u32, error: &LeaseError) -> VmEntry {
+        VmEntry {
+            slot,
+            name: format!("<slot {slot}>"),
+            lver: 0,
+            holder: None,
+            record: Err(format!("resource slot {slot} is unusable: {error}")),
+            sequence: 0,
+        }
+    }
+}
+
 /// Every VM on the device: each named slot whose payload carries a VM
 /// record. An entry of `cached` (an earlier scan, by slot) is used again
 /// when its leader (name, lver, holder) has not changed, saving the payload
@@ -226,14 +240,7 @@ pub fn scan(
         let leader = match leader {
             Ok(leader) => leader,
             Err(e) => {
-                entries.push(VmEntry {
-                    slot,
-                    name: format!("<slot {slot}>"),
-                    lver: 0,
-                    holder: None,
-                    record: Err(format!("resource slot {slot} is unusable: {e}")),
-                    sequence: 0,
-                });
+                entries.push(VmEntry::unusable(slot, &e));
                 continue;
             }
         };
@@ -260,7 +267,7 @@ pub fn scan(
                 continue;
             }
         };
-        if let Some(entry) = read_entry(space, disk, slot, leader, holder, cached)? {
+        if let Some(entry) = read_entry(space, disk, slot, leader, holder, cached.get(&slot))? {
             entries.push(entry);
         }
     }
@@ -279,7 +286,6 @@ pub fn scan_slots(
     disk: &dyn Disk,
     slots: &std::collections::BTreeSet<u32>,
 ) -> Result<Vec<VmEntry>, LeaseError> {
-    let uncached = std::collections::BTreeMap::new();
     let mut entries = Vec::new();
     for &slot in slots {
         if slot >= space.geometry.max_resources() {
@@ -293,22 +299,14 @@ pub fn scan_slots(
             Ok(status) => status,
             Err(LeaseError::Disk(e)) => return Err(LeaseError::Disk(e)),
             Err(e) => {
-                entries.push(VmEntry {
-                    slot,
-                    name: format!("<slot {slot}>"),
-                    lver: 0,
-                    holder: None,
-                    record: Err(format!("resource slot {slot} is unusable: {e}")),
-                    sequence: 0,
-                });
+                entries.push(VmEntry::unusable(slot, &e));
                 continue;
             }
         };
         if status.leader.name.is_empty() {
             continue;
         }
-        if let Some(entry) = read_entry(space, disk, slot, status.leader, status.holder, &uncached)?
-        {
+        if let Some(entry) = read_entry(space, disk, slot, status.leader, status.holder, None)? {
             entries.push(entry);
         }
     }
@@ -316,17 +314,18 @@ pub fn scan_slots(
 }
 
 /// The entry of the named slot `slot` whose leader and holder were just
-/// read: the cached one while name, lver and holder are unchanged, else
-/// the payload read now. None when the slot holds no VM record.
+/// read: `cached` (an earlier read of it) while name, lver and holder are
+/// unchanged, else the payload read now. None when the slot holds no VM
+/// record.
 fn read_entry(
     space: &Lockspace,
     disk: &dyn Disk,
     slot: u32,
     leader: lease::format::LeaderRecord,
     holder: Option<Owner>,
-    cached: &std::collections::BTreeMap<u32, VmEntry>,
+    cached: Option<&VmEntry>,
 ) -> Result<Option<VmEntry>, LeaseError> {
-    if let Some(entry) = cached.get(&slot) {
+    if let Some(entry) = cached {
         if entry.name == leader.name && entry.lver == leader.lver && entry.holder == holder {
             return Ok(Some(entry.clone()));
         }

@@ -236,12 +236,9 @@ pub struct Space {
     pub failed_exit_status: std::sync::atomic::AtomicI32,
     /// Changes this host made to resource slots (acquires, releases,
     /// payload writes), published in our host record so the other hosts
-    /// re-read the slots only when it moves.
-    resource_changes: std::sync::atomic::AtomicU64,
-    /// The slots of the latest of those changes, published with the count
-    /// (readers re-read just those). Held while the count moves, so the
-    /// two always agree.
-    changed_slots: Mutex<lease::format::ChangedSlots>,
+    /// re-read the slots only when it moves; with the slots of the latest
+    /// of them (readers re-read just those). One lock, so the two agree.
+    resource_changes: Mutex<(u64, lease::format::ChangedSlots)>,
 }
 
 /// A change to publish waits at least this long after the last renewal:
@@ -286,8 +283,7 @@ impl Space {
             destroyed_vms: Mutex::new(std::collections::BTreeSet::new()),
             floor_pending: std::sync::atomic::AtomicBool::new(false),
             failed_exit_status: std::sync::atomic::AtomicI32::new(1),
-            resource_changes: std::sync::atomic::AtomicU64::new(1),
-            changed_slots: Mutex::new(lease::format::ChangedSlots::default()),
+            resource_changes: Mutex::new((1, lease::format::ChangedSlots::default())),
         });
         // Each thread is recorded as soon as it runs; if a later one cannot
         // be started, the earlier ones are stopped again.
@@ -367,19 +363,17 @@ impl Space {
 
     /// Sleep until `deadline_ms` on our clock or until stopped; true if stopped.
     pub fn sleep_until(&self, deadline_ms: u64) -> bool {
-        self.wait_for_renewal(deadline_ms, u64::MAX, self.resource_changes())
+        self.wait_for_renewal(deadline_ms, u64::MAX, self.resource_changes().0)
     }
 
     /// Count a change this host made to resource slot `slot` (None: not
     /// known which), and have the renewal thread publish it soon.
     pub fn note_resource_change(&self, slot: Option<u32>) {
         {
-            let mut slots = self.changed_slots();
-            let count = self
-                .resource_changes
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                .wrapping_add(1);
-            slots.note(count, slot);
+            let mut changes = self.changes();
+            changes.0 = changes.0.wrapping_add(1);
+            let count = changes.0;
+            changes.1.note(count, slot);
         }
         // Under the lock, so a renewal thread that just found nothing
         // pending is already waiting when it is woken.
@@ -390,24 +384,17 @@ impl Space {
         self.stop.1.notify_all();
     }
 
-    /// This host's count of resource changes (see [`Self::note_resource_change`]).
-    pub fn resource_changes(&self) -> u64 {
-        self.resource_changes
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn changed_slots(&self) -> std::sync::MutexGuard<'_, lease::format::ChangedSlots> {
-        match self.changed_slots.lock() {
+    fn changes(&self) -> std::sync::MutexGuard<'_, (u64, lease::format::ChangedSlots)> {
+        match self.resource_changes.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The count of our resource changes and the slots of the latest ones,
-    /// as one consistent pair.
-    pub fn resource_changes_with_slots(&self) -> (u64, lease::format::ChangedSlots) {
-        let slots = self.changed_slots();
-        (self.resource_changes(), *slots)
+    /// This host's count of resource changes (see
+    /// [`Self::note_resource_change`]) and the slots of the latest ones.
+    pub fn resource_changes(&self) -> (u64, lease::format::ChangedSlots) {
+        *self.changes()
     }
 
     /// The renewal thread's wait: until `regular_ms`, or until `publish_ms`
@@ -424,7 +411,7 @@ impl Space {
                 return true;
             }
             let now_ms = clock().now_ms();
-            let pending = self.resource_changes() != published;
+            let pending = self.resource_changes().0 != published;
             if now_ms >= regular_ms || (pending && now_ms >= publish_ms) {
                 return false;
             }
@@ -961,12 +948,9 @@ impl Space {
         if let Some(lease) = self.lock().lease.as_ref() {
             // The slots of the changes in between are not known: readers
             // that saw an earlier count read every slot.
-            let mut slots = self.changed_slots();
-            self.resource_changes.fetch_max(
-                lease.record.resource_changes.wrapping_add(1),
-                std::sync::atomic::Ordering::SeqCst,
-            );
-            slots.clear();
+            let mut changes = self.changes();
+            changes.0 = changes.0.max(lease.record.resource_changes.wrapping_add(1));
+            changes.1.clear();
         }
         loop {
             let (lease, next_ms, publish_ms) = {
@@ -1000,7 +984,7 @@ impl Space {
                 return true;
             }
             let capacity = self.capacity();
-            let (changes, changed_slots) = self.resource_changes_with_slots();
+            let (changes, changed_slots) = self.resource_changes();
             let request = RenewRequest {
                 scan: true,
                 capacity: (capacity != advertised).then_some(capacity),

@@ -21,7 +21,7 @@ use crate::protocol::{ErrorKind, Reply, Request, VmActionReply, VmListReply, VmS
 use crate::registry::{self, DesiredState, RestartPolicy, VmEntry, VmRecord};
 use crate::space::{HeldBy, Job, JobError, Space};
 use lease::clock::{Clock, SystemClock};
-use lease::format::HostRecord;
+use lease::format::{ChangedSlots, HostRecord};
 use lease::op::run;
 use lease::open::BoxedDisk;
 use lease::{payload, LeaseError, Lockspace, Owner};
@@ -183,14 +183,12 @@ enum Rescan {
 }
 
 /// What the VM manager last saw of the hosts: per host id its state,
-/// generation and published count of resource changes; and ours. The
-/// lists of changed slots move only with their counts.
+/// generation and published count of resource changes with the slots of
+/// the latest ones; and ours. The slots move only with their counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Fingerprint {
-    hosts: BTreeMap<u32, (&'static str, u64, u64)>,
-    changed_slots: BTreeMap<u32, lease::format::ChangedSlots>,
-    own_changes: u64,
-    own_changed_slots: lease::format::ChangedSlots,
+    hosts: BTreeMap<u32, (&'static str, u64, u64, ChangedSlots)>,
+    own_changes: (u64, ChangedSlots),
 }
 
 impl Fingerprint {
@@ -204,25 +202,15 @@ impl Fingerprint {
             return None;
         }
         let mut slots = BTreeSet::new();
-        for (host_id, (state, generation, count)) in &self.hosts {
-            let (last_state, last_generation, last_count) = last.hosts.get(host_id)?;
+        for (host_id, (state, generation, count, changed)) in &self.hosts {
+            let (last_state, last_generation, last_count, _) = last.hosts.get(host_id)?;
             if state != last_state || generation != last_generation {
                 return None;
             }
-            if count != last_count {
-                slots.extend(
-                    self.changed_slots
-                        .get(host_id)?
-                        .since(*last_count, *count)?,
-                );
-            }
+            slots.extend(changed.since(*last_count, *count)?);
         }
-        if self.own_changes != last.own_changes {
-            slots.extend(
-                self.own_changed_slots
-                    .since(last.own_changes, self.own_changes)?,
-            );
-        }
+        let (own_count, own_changed) = &self.own_changes;
+        slots.extend(own_changed.since(last.own_changes.0, *own_count)?);
         Some(slots)
     }
 }
@@ -390,22 +378,18 @@ impl VmManager {
     /// each publishes (memory only, no I/O).
     fn host_fingerprint(&self) -> Fingerprint {
         let (records, _) = self.space.host_records();
-        let (own_changes, own_changed_slots) = self.space.resource_changes_with_slots();
         Fingerprint {
-            changed_slots: records
-                .iter()
-                .filter_map(|(h, _, record)| record.as_ref().map(|r| (h.get(), r.changed_slots)))
-                .collect(),
             hosts: records
                 .into_iter()
                 .map(|(h, state, record)| {
-                    let (generation, changes) =
-                        record.map_or((0, 0), |r| (r.generation, r.resource_changes));
-                    (h.get(), (state, generation, changes))
+                    let (generation, changes, changed) = record
+                        .map_or((0, 0, ChangedSlots::default()), |r| {
+                            (r.generation, r.resource_changes, r.changed_slots)
+                        });
+                    (h.get(), (state, generation, changes, changed))
                 })
                 .collect(),
-            own_changes,
-            own_changed_slots,
+            own_changes: self.space.resource_changes(),
         }
     }
 
@@ -542,11 +526,15 @@ impl VmManager {
             self.cache.insert(entry.slot, (entry, now));
         }
         self.needs_scan = false;
-        Ok(self
-            .cache
+        Ok(self.cached_entries())
+    }
+
+    /// The registry as the cache has it.
+    fn cached_entries(&self) -> Vec<VmEntry> {
+        self.cache
             .values()
             .map(|(entry, _)| entry.clone())
-            .collect())
+            .collect()
     }
 
     /// The hosts as seen now: the monitor's records, with fresh reads of
@@ -721,11 +709,7 @@ impl VmManager {
         let scanned = match &rescan {
             Rescan::All => self.scan(),
             Rescan::Slots(slots) => self.scan_slots(slots),
-            Rescan::Nothing => Ok(self
-                .cache
-                .values()
-                .map(|(entry, _)| entry.clone())
-                .collect()),
+            Rescan::Nothing => Ok(self.cached_entries()),
         };
         let entries = match scanned {
             Ok(entries) => entries,
