@@ -386,8 +386,8 @@ async fn acquire_inner(
             *other != slot && matches!(leader, Ok(l) if l.name == request.name)
         });
         // A slot we cannot read might carry the same name: no certainty.
-        let unreadable = again.iter().position(|(_, leader)| leader.is_err());
-        if !duplicate && unreadable.is_none() {
+        let uncertain = unusable(&request.name, &mut again);
+        if !duplicate && uncertain.is_none() {
             // Unique: mark it, so later acquires of this name skip the scan.
             // A failed mark only costs the next acquire a scan.
             let checked = LeaderRecord {
@@ -416,10 +416,8 @@ async fn acquire_inner(
             },
         )
         .await?;
-        if unreadable.is_some() {
-            if let Some(error) = unusable(&request.name, &mut again) {
-                return Err(error);
-            }
+        if let Some(error) = uncertain {
+            return Err(error);
         }
         let pause_ms = 1 + seed % timeouts.paxos_backoff_max_ms.max(1);
         port.sleep_until(port.now_ms() + pause_ms).await;
