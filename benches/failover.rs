@@ -65,6 +65,28 @@ struct Run {
     false_verdicts: usize,
 }
 
+/// The phase table: p50 (and p99 with `p99`), min and max of each row.
+fn print_phases(p99: bool, rows: &[(&str, Vec<i64>)]) {
+    if p99 {
+        println!("\n| phase (ms) | p50 | p99 | min | max |\n|---|---|---|---|---|");
+    } else {
+        println!("\n| phase (ms) | p50 | min | max |\n|---|---|---|---|");
+    }
+    for (label, values) in rows {
+        let p99_cell = if p99 {
+            format!(" {} |", percentile(values, 99.0))
+        } else {
+            String::new()
+        };
+        println!(
+            "| {label} | {} |{p99_cell} {} | {} |",
+            percentile(values, 50.0),
+            values.iter().min().copied().unwrap_or(0),
+            values.iter().max().copied().unwrap_or(0)
+        );
+    }
+}
+
 /// Nearest-rank percentile.
 fn percentile(values: &[i64], p: f64) -> i64 {
     let mut v = values.to_vec();
@@ -194,28 +216,22 @@ fn main() {
         }
     }
     let column = |f: fn(&Run) -> i64| -> Vec<i64> { results.iter().map(f).collect() };
-    println!("\n| phase (ms) | p50 | p99 | min | max |\n|---|---|---|---|---|");
-    for (label, values) in [
-        ("detection (power-off → silent)", column(|r| r.detection_ms)),
-        ("fence (silent → fenced)", column(|r| r.fence_ms)),
-        (
-            "lease takeover (fenced → first acquired)",
-            column(|r| r.takeover_ms),
-        ),
-        ("libvirt start (→ last VM running)", column(|r| r.start_ms)),
-        (
-            "total (power-off → every VM running)",
-            column(|r| r.total_ms),
-        ),
-    ] {
-        println!(
-            "| {label} | {} | {} | {} | {} |",
-            percentile(&values, 50.0),
-            percentile(&values, 99.0),
-            values.iter().min().copied().unwrap_or(0),
-            values.iter().max().copied().unwrap_or(0)
-        );
-    }
+    print_phases(
+        true,
+        &[
+            ("detection (power-off → silent)", column(|r| r.detection_ms)),
+            ("fence (silent → fenced)", column(|r| r.fence_ms)),
+            (
+                "lease takeover (fenced → first acquired)",
+                column(|r| r.takeover_ms),
+            ),
+            ("libvirt start (→ last VM running)", column(|r| r.start_ms)),
+            (
+                "total (power-off → every VM running)",
+                column(|r| r.total_ms),
+            ),
+        ],
+    );
     println!(
         "\n{} of {runs} runs completed; p99 of {} runs is the nearest-rank value (the largest but {}).",
         results.len(),
@@ -618,34 +634,29 @@ fn many_vms(runs: usize, vms: u32, mut spec: ClusterSpec) {
         }
     }
     let column = |f: fn(&ManyRun) -> i64| -> Vec<i64> { results.iter().map(f).collect() };
-    println!("\n| phase (ms) | p50 | min | max |\n|---|---|---|---|");
-    for (label, values) in [
-        ("detection (power-off → silent)", column(|r| r.detection_ms)),
-        ("fence (silent → fenced)", column(|r| r.fence_ms)),
-        (
-            "first takeover (fenced → first VM lease acquired)",
-            column(|r| r.takeover_ms),
-        ),
-        (
-            "first VM running (→ first vm-started)",
-            column(|r| r.first_running_ms),
-        ),
-        (
-            "last VM running (first acquired → last vm-started)",
-            column(|r| r.last_running_ms),
-        ),
-        (
-            "total (power-off → every VM running)",
-            column(|r| r.total_ms),
-        ),
-    ] {
-        println!(
-            "| {label} | {} | {} | {} |",
-            percentile(&values, 50.0),
-            values.iter().min().copied().unwrap_or(0),
-            values.iter().max().copied().unwrap_or(0)
-        );
-    }
+    print_phases(
+        false,
+        &[
+            ("detection (power-off → silent)", column(|r| r.detection_ms)),
+            ("fence (silent → fenced)", column(|r| r.fence_ms)),
+            (
+                "first takeover (fenced → first VM lease acquired)",
+                column(|r| r.takeover_ms),
+            ),
+            (
+                "first VM running (→ first vm-started)",
+                column(|r| r.first_running_ms),
+            ),
+            (
+                "last VM running (first acquired → last vm-started)",
+                column(|r| r.last_running_ms),
+            ),
+            (
+                "total (power-off → every VM running)",
+                column(|r| r.total_ms),
+            ),
+        ],
+    );
     let hosts: BTreeSet<u32> = results
         .iter()
         .flat_map(|r| r.shares.keys().copied())

@@ -14,24 +14,44 @@ enum Fault {
     Hang,
 }
 
-/// Hosts 1 and 2 use the shared file through a loop device; host 3 (with a
-/// watchdog and a lease holder) through its own faultable path.
-fn one_host_loses_its_storage(fault: Fault) {
-    let scratch = Scratch::new("hostfault");
+/// Three joined hosts: 1 and 2 use the shared file through a loop device,
+/// host 3 its own faultable path to the same file. Fields drop in order:
+/// the hosts before their devices, the devices before the directory.
+struct OwnPath3 {
+    hosts: Vec<Host>,
+    path3: PausableDevice,
+    _shared: LoopDevice,
+    _scratch: Scratch,
+}
+
+fn host_3_on_its_own_path(name: &str, spec3: impl FnOnce(HostSpec) -> HostSpec) -> OwnPath3 {
+    let scratch = Scratch::new(name);
     let backing = scratch.file("lease.img");
     sparse_file(&backing, 8 << 20);
     let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
     format_test_device(&shared.path);
     let path3 = PausableDevice::over_file(&backing);
-    let a = Host::start(&scratch.path, HostSpec::new(1, &shared.path, T_MS));
-    let b = Host::start(&scratch.path, HostSpec::new(2, &shared.path, T_MS));
-    let c = Host::start(
-        &scratch.path,
-        HostSpec::new(3, path3.path(), T_MS).with_watchdog(),
-    );
-    for h in [&a, &b, &c] {
+    let hosts = vec![
+        Host::start(&scratch.path, HostSpec::new(1, &shared.path, T_MS)),
+        Host::start(&scratch.path, HostSpec::new(2, &shared.path, T_MS)),
+        Host::start(&scratch.path, spec3(HostSpec::new(3, path3.path(), T_MS))),
+    ];
+    for h in &hosts {
         h.wait_joined();
     }
+    OwnPath3 {
+        hosts,
+        path3,
+        _shared: shared,
+        _scratch: scratch,
+    }
+}
+
+/// Host 3 (with a watchdog and a lease holder) loses its own path.
+fn one_host_loses_its_storage(fault: Fault) {
+    let cluster = host_3_on_its_own_path("hostfault", HostSpec::with_watchdog);
+    let (a, b, c) = (&cluster.hosts[0], &cluster.hosts[1], &cluster.hosts[2]);
+    let path3 = &cluster.path3;
     let mut holder = c.spawn_holder(&["vm3"]).expect("acquire on host 3");
     wait_long(Duration::from_secs(20), || {
         a.host_state(3).filter(|h| h.state == "live")
@@ -109,35 +129,45 @@ fn three_hosts_on_one_pausable_device(name: &str) -> (Scratch, PausableDevice, V
     (scratch, device, hosts)
 }
 
-#[test]
-fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
-    let (_scratch, device, hosts) = three_hosts_on_one_pausable_device("stall");
-    for h in &hosts {
+/// Wait until every host sees every host live.
+fn wait_everyone_live(hosts: &[Host]) {
+    for h in hosts {
         wait_long(Duration::from_secs(20), || {
-            let hosts = h.hosts();
-            (hosts.iter().filter(|x| x.state == "live").count() == 3).then_some(())
+            let seen = h.hosts();
+            (seen.iter().filter(|x| x.state == "live").count() == hosts.len()).then_some(())
         })
         .expect("everyone live");
     }
+}
+
+/// No host, as any of them sees it, is silent or dead now (the control
+/// socket answering throughout).
+fn assert_nobody_silent(hosts: &[Host], during: &str) {
+    for h in hosts {
+        let status = h.status().expect("status");
+        for seen in &status.lockspaces[0].hosts {
+            assert!(
+                seen.state != "silent" && seen.state != "dead",
+                "{} called host {} {} {during}",
+                h.spec.name,
+                seen.host_id,
+                seen.state
+            );
+        }
+    }
+}
+
+#[test]
+fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
+    let (_scratch, device, hosts) = three_hosts_on_one_pausable_device("stall");
+    wait_everyone_live(&hosts);
     let mut holder = hosts[0].spawn_holder(&["vm1"]).expect("acquire");
     device.pause();
     // Three expiry times (3 x 8T) of no storage at all.
     let stall = Duration::from_millis(3 * 8 * u64::from(T_MS));
     let started = Instant::now();
     while started.elapsed() < stall {
-        for h in &hosts {
-            // The socket answers throughout.
-            let status = h.status().expect("status while the device hangs");
-            for seen in &status.lockspaces[0].hosts {
-                assert!(
-                    seen.state != "silent" && seen.state != "dead",
-                    "{} declared host {} {} during a whole-device stall",
-                    h.spec.name,
-                    seen.host_id,
-                    seen.state
-                );
-            }
-        }
+        assert_nobody_silent(&hosts, "during a whole-device stall");
         assert!(!dead(&mut holder), "a holder was killed in fence mode");
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -168,13 +198,7 @@ fn a_whole_device_stall_silences_nobody_and_kills_nothing_in_fence_mode() {
 /// each time) and comes back; no host may be called silent meanwhile, by
 /// any observer, and none may self-fence.
 fn spikes_of_3t_call_no_host_silent(hosts: &[Host], pause: &dyn Fn(), resume: &dyn Fn()) {
-    for h in hosts {
-        wait_long(Duration::from_secs(20), || {
-            let seen = h.hosts();
-            (seen.iter().filter(|x| x.state == "live").count() == hosts.len()).then_some(())
-        })
-        .expect("everyone live");
-    }
+    wait_everyone_live(hosts);
     let t = Duration::from_millis(u64::from(T_MS));
     for spike in 0..6u32 {
         // Shift the spike's start through the 2T renewal cycle.
@@ -188,17 +212,7 @@ fn spikes_of_3t_call_no_host_silent(hosts: &[Host], pause: &dyn Fn(), resume: &d
         // Long enough for every observer to see every host renew again.
         let settled = Instant::now();
         while settled.elapsed() < 4 * t {
-            for h in hosts {
-                for seen in h.hosts() {
-                    assert!(
-                        seen.state != "silent" && seen.state != "dead",
-                        "{} called host {} {} after a 3T latency spike",
-                        h.spec.name,
-                        seen.host_id,
-                        seen.state
-                    );
-                }
-            }
+            assert_nobody_silent(hosts, "after a 3T latency spike");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -210,23 +224,12 @@ fn spikes_of_3t_call_no_host_silent(hosts: &[Host], pause: &dyn Fn(), resume: &d
 
 #[test]
 fn latency_spikes_of_3t_on_one_hosts_path_call_nobody_silent() {
-    let scratch = Scratch::new("spike1");
-    let backing = scratch.file("lease.img");
-    sparse_file(&backing, 8 << 20);
-    let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
-    format_test_device(&shared.path);
-    let path3 = PausableDevice::over_file(&backing);
-    let hosts = vec![
-        Host::start(&scratch.path, HostSpec::new(1, &shared.path, T_MS)),
-        Host::start(&scratch.path, HostSpec::new(2, &shared.path, T_MS)),
-        Host::start(&scratch.path, HostSpec::new(3, path3.path(), T_MS)),
-    ];
-    for h in &hosts {
-        h.wait_joined();
-    }
-    spikes_of_3t_call_no_host_silent(&hosts, &|| path3.pause(), &|| path3.resume());
+    let cluster = host_3_on_its_own_path("spike1", |spec| spec);
+    let path3 = &cluster.path3;
+    spikes_of_3t_call_no_host_silent(&cluster.hosts, &|| path3.pause(), &|| path3.resume());
     // Host 3 itself saw its renewals fail during the spikes.
-    assert!(hosts[2].has_event("renewal-failed"), "{}", hosts[2].log());
+    let c = &cluster.hosts[2];
+    assert!(c.has_event("renewal-failed"), "{}", c.log());
 }
 
 #[test]
