@@ -357,3 +357,131 @@ fn a_sector_from_another_lockspace_is_foreign() {
     ]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
 }
+
+#[test]
+fn dump_into_a_closed_pipe_ends_quietly() {
+    let scratch = Scratch::new("cli-epipe");
+    let path = scratch.file("big.img");
+    // 1000 host rows: more than a pipe holds.
+    leasehold_ok(&[
+        "format",
+        &path,
+        "--create",
+        "600M",
+        "--lockspace",
+        "pipe",
+        "--max-hosts",
+        "1000",
+    ]);
+    let mut child = std::process::Command::new(leasehold_tests::leasehold_bin())
+        .args(["dump", "--all", &path])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn leasehold dump");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("read the first line");
+    // The reader is gone (as `| head -1` leaves it).
+    let out = child.wait_with_output().expect("wait");
+    assert!(first.starts_with("device"), "{first}");
+    assert!(out.status.success(), "status {:?}", out.status);
+    assert_eq!(stderr_of(&out), "", "a closed pipe must end quietly");
+}
+
+#[test]
+fn errors_say_their_cause_once() {
+    let scratch = Scratch::new("cli-cause-once");
+    let socket = scratch.file("no-daemon.sock");
+    let missing = scratch.file("missing.img");
+    for args in [
+        vec!["status", "--socket", socket.as_str()],
+        vec!["dump", missing.as_str()],
+    ] {
+        let out = leasehold(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = stderr_of(&out);
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {stderr}"
+        );
+        let named = if args[0] == "status" {
+            &socket
+        } else {
+            &missing
+        };
+        assert_eq!(
+            stderr.matches(named.as_str()).count(),
+            1,
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn dump_tells_live_silent_released_and_fenced_hosts_and_fits_80_columns() {
+    let scratch = Scratch::new("cli-dump-states");
+    let path = formatted(&scratch);
+    join(&path, "1", "renewing-host-with-a-long-name");
+    join(&path, "2", "stopped");
+    join(&path, "3", "leaving");
+    leasehold_ok(&[
+        "direct",
+        "leave",
+        &path,
+        "--host-id",
+        "3",
+        "--host-name",
+        "leaving",
+    ]);
+    let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let (path, renewing) = (path.clone(), std::sync::Arc::clone(&renewing));
+        std::thread::spawn(move || {
+            while renewing.load(std::sync::atomic::Ordering::SeqCst) {
+                leasehold_ok(&[
+                    "direct",
+                    "renew",
+                    &path,
+                    "--host-id",
+                    "1",
+                    "--host-name",
+                    "renewing-host-with-a-long-name",
+                ]);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let settled: serde_json::Value =
+        serde_json::from_str(&leasehold_ok(&["dump", "--settle", "--json", &path]))
+            .expect("dump --json");
+    let table = leasehold_ok(&["dump", "--settle", &path]);
+    let once = leasehold_ok(&["dump", &path]);
+    renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+    renewer.join().expect("renewer");
+    let state = |id: u64| {
+        settled["hosts"]
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|h| h["host_id"] == id))
+            .map(|h| h["state"].clone())
+    };
+    assert_eq!(state(1), Some("live".into()), "{settled}");
+    assert_eq!(state(2), Some("silent".into()), "{settled}");
+    assert_eq!(state(3), Some("released".into()), "{settled}");
+    // Every line but the device's path (the operator's own length).
+    for line in table
+        .lines()
+        .chain(once.lines())
+        .filter(|l| !l.starts_with("device "))
+    {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than 80 columns: {line:?}"
+        );
+    }
+    assert!(table.contains(" live "), "{table}");
+    // One read cannot judge the two running records, and says so.
+    assert!(once.contains("add --settle"), "{once}");
+}

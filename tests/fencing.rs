@@ -4,7 +4,7 @@
 
 use leasehold_tests::bmc::{free_udp_port, PASSWORD, USER};
 use leasehold_tests::daemon::{format_test_device, Host, HostSpec};
-use leasehold_tests::{dead, leasehold, sparse_file, wait_long, LoopDevice, Scratch};
+use leasehold_tests::{dead, leasehold, leasehold_ok, sparse_file, wait_long, LoopDevice, Scratch};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ enum Method {
 /// the directory that holds their files.
 struct Cluster {
     hosts: Vec<Host>,
-    _device: LoopDevice,
+    device: LoopDevice,
     _scratch: Scratch,
 }
 
@@ -71,7 +71,7 @@ fn cluster(label: &str, method: Method, password: &str) -> Cluster {
     }
     Cluster {
         hosts,
-        _device: device,
+        device,
         _scratch: scratch,
     }
 }
@@ -146,6 +146,27 @@ fn fence_a_silent_host(method: Method, label: &str) {
     );
     // The lease is takeable at once after the mark.
     assert!(survivors[0].acquires_within("vm1", Duration::from_secs(10)));
+    // `dump` reads the mark: host 1 is fenced, the others live.
+    let device = c.device.path.clone();
+    let settled: serde_json::Value =
+        serde_json::from_str(&leasehold_ok(&["dump", "--settle", "--json", &device]))
+            .expect("dump --json");
+    let states: Vec<(u64, String)> = settled["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["host_id"].as_u64().unwrap_or(0),
+                h["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [(1, "fenced".into()), (2, "live".into()), (3, "live".into())],
+        "{settled}"
+    );
     let silent_at = event_time(survivors, "fence-needed").expect("fence-needed event");
     let fenced_at = event_time(survivors, "fenced").expect("fenced event");
     eprintln!(

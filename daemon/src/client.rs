@@ -8,15 +8,15 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to leaseholdd at {path}: {source} (is the daemon running? is --socket right? are you root or in the socket's group?)")]
+    #[error("cannot connect to leaseholdd at {path}: {error} (is the daemon running? is --socket right? are you root or in the socket's group?)")]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("talking to leaseholdd at {path}: {source}")]
+    #[error("talking to leaseholdd at {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("leaseholdd at {path} closed the connection without answering")]
     Closed { path: PathBuf },
@@ -35,13 +35,13 @@ impl Client {
     /// Connect; every later call fails if the daemon does not answer within
     /// `timeout` (None waits for ever).
     pub fn connect(path: &Path, timeout: Option<Duration>) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).map_err(|error| ClientError::Connect {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        let io = |source| ClientError::Io {
+        let io = |error| ClientError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         stream.set_read_timeout(timeout).map_err(io)?;
         let writer = stream.try_clone().map_err(io)?;
@@ -63,9 +63,9 @@ impl Client {
 
     /// Send one raw line (tests use this for malformed input).
     pub fn call_raw(&mut self, line: &str) -> Result<Reply, ClientError> {
-        let io = |source| ClientError::Io {
+        let io = |error| ClientError::Io {
             path: self.path.clone(),
-            source,
+            error,
         };
         let written = self
             .writer
@@ -82,9 +82,9 @@ impl Client {
         let read = self
             .reader
             .read_line(&mut answer)
-            .map_err(|source| ClientError::Io {
+            .map_err(|error| ClientError::Io {
                 path: self.path.clone(),
-                source,
+                error,
             })?;
         if read == 0 {
             return Err(ClientError::Closed {

@@ -15,16 +15,16 @@ nix::ioctl_read!(wdioc_gettimeout, b'W', 7, libc::c_int);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
-    #[error("watchdog {path}: cannot open: {source} (for a FIFO, the emulator must be reading it; for /dev/watchdog, is another process holding it?)")]
+    #[error("watchdog {path}: cannot open: {error} (for a FIFO, the emulator must be reading it; for /dev/watchdog, is another process holding it?)")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("watchdog {path}: setting the timeout to {wanted_s} s failed: {source}")]
+    #[error("watchdog {path}: setting the timeout to {wanted_s} s failed: {error}")]
     SetTimeout {
         path: PathBuf,
         wanted_s: i32,
-        source: nix::Error,
+        error: nix::Error,
     },
     #[error("watchdog {path}: the device runs with a {actual_s} s timeout, longer than the {budget_ms} ms the lease timeouts allow (raise lockspace.io_timeout_ms or use another watchdog driver)")]
     TooLong {
@@ -34,10 +34,10 @@ pub enum WatchdogError {
     },
     #[error("watchdog {path}: a {budget_ms} ms timeout is below the one second a watchdog device can count (raise lockspace.io_timeout_ms)")]
     TooShort { path: PathBuf, budget_ms: u64 },
-    #[error("watchdog {path}: pet failed: {source}")]
+    #[error("watchdog {path}: pet failed: {error}")]
     Pet {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -62,9 +62,9 @@ impl Watchdog {
             .write(true)
             .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|source| WatchdogError::Open {
+            .map_err(|error| WatchdogError::Open {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         let is_fifo = {
             use std::os::unix::fs::FileTypeExt;
@@ -100,10 +100,10 @@ impl Watchdog {
         // SAFETY: the fd is open for the whole call and `value` is a valid
         // c_int the driver reads and overwrites with the timeout it set.
         let set = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut value) };
-        set.map_err(|source| WatchdogError::SetTimeout {
+        set.map_err(|error| WatchdogError::SetTimeout {
             path: self.path.clone(),
             wanted_s,
-            source,
+            error,
         })?;
         let mut actual: libc::c_int = value;
         // SAFETY: as above; the driver writes the current timeout.
@@ -141,9 +141,9 @@ impl Watchdog {
                 return Ok(());
             }
         }
-        file.write_all(b"p").map_err(|source| WatchdogError::Pet {
+        file.write_all(b"p").map_err(|error| WatchdogError::Pet {
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 
@@ -151,9 +151,9 @@ impl Watchdog {
     /// when nothing this host runs needs the watchdog any more.
     pub fn disarm(mut self) -> Result<(), WatchdogError> {
         if let Some(mut file) = self.file.take() {
-            file.write_all(b"V").map_err(|source| WatchdogError::Pet {
+            file.write_all(b"V").map_err(|error| WatchdogError::Pet {
                 path: self.path.clone(),
-                source,
+                error,
             })?;
         }
         Ok(())

@@ -11,12 +11,12 @@ pub enum LeaseError {
     #[error(transparent)]
     Disk(#[from] DiskError),
     /// a sector holds no valid record; it is never treated as free
-    #[error("{device}: {what} at offset {offset_bytes} is unusable: {source}; it is never treated as free (inspect with `leasehold dump`, restore the sector or re-format)")]
+    #[error("{device}: {what} at offset {offset_bytes} is unusable: {error}; it is never treated as free (inspect with `leasehold dump`, restore the sector or re-format)")]
     Corrupt {
         device: String,
         offset_bytes: u64,
         what: String,
-        source: FormatError,
+        error: FormatError,
     },
     /// another live (not known dead) host holds the lease
     #[error("{resource} is held by host {} ({owner_name}), generation {}, lease version {lver}; that host is not known to be dead", .owner.host_id, .owner.generation)]

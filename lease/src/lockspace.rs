@@ -34,11 +34,11 @@ impl Lockspace {
         let mut sector = vec![0; disk.sector_size_bytes() as usize];
         disk.read(0, &mut sector)?;
         let header =
-            HeaderRecord::decode(&sector, expected).map_err(|source| LeaseError::Corrupt {
+            HeaderRecord::decode(&sector, expected).map_err(|error| LeaseError::Corrupt {
                 device: disk.name().to_string(),
                 offset_bytes: 0,
                 what: "lockspace header".to_string(),
-                source,
+                error,
             })?;
         Lockspace::from_header(disk, &header)
     }
@@ -93,13 +93,13 @@ impl Lockspace {
         &self,
         offset_bytes: u64,
         what: String,
-        source: FormatError,
+        error: FormatError,
     ) -> LeaseError {
         LeaseError::Corrupt {
             device: self.device.clone(),
             offset_bytes,
             what,
-            source,
+            error,
         }
     }
 

@@ -329,8 +329,8 @@ fn corrupt_or_foreign_sectors_are_never_free() {
         .write(slot.leader_offset_bytes, &foreign)
         .expect("write");
     match s.run(paxos::acquire(&s.space, request(&s, &a, 0, "", true))) {
-        Err(LeaseError::Corrupt { source, .. }) => {
-            assert!(source.to_string().contains("other"), "{source}")
+        Err(LeaseError::Corrupt { error, .. }) => {
+            assert!(error.to_string().contains("other"), "{error}")
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }

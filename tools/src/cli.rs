@@ -390,6 +390,11 @@ pub struct DumpArgs {
     /// Also list unused host sectors and free slots.
     #[arg(long)]
     pub all: bool,
+    /// Read the host area twice, a renewal interval plus an io_timeout
+    /// apart (3 x the largest io_timeout of the hosts), to tell live hosts
+    /// (their record moved) from silent ones (it stood still).
+    #[arg(long)]
+    pub settle: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,6 +3,7 @@
 
 use crate::cli::{ClientCommand, DaemonArgs, EventsArgs, HostsArgs, RunArgs};
 use crate::exit;
+use crate::out::outln;
 use anyhow::{anyhow, bail, Context, Result};
 use leasehold_daemon::client::Client;
 use leasehold_daemon::protocol::{ErrorKind, Event, HostStatus, Reply, Request, StatusReply};
@@ -64,7 +65,7 @@ fn into_result(reply: Reply) -> Result<serde_json::Value> {
 }
 
 pub fn print_json(value: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -77,9 +78,15 @@ fn age(ms: u64) -> String {
 }
 
 fn print_hosts(hosts: &[HostStatus]) {
-    println!(
+    outln!(
         "  {:>4}  {:<20} {:<16} {:>10} {:>6} {:>9} {:>6}",
-        "ID", "NAME", "STATE", "UNCHANGED", "GEN", "MEM_FREE", "VCPUS"
+        "ID",
+        "NAME",
+        "STATE",
+        "UNCHANGED",
+        "GEN",
+        "MEM_FREE",
+        "VCPUS"
     );
     for h in hosts {
         let mut state = h.state.clone();
@@ -89,7 +96,7 @@ fn print_hosts(hosts: &[HostStatus]) {
         if h.this_host {
             state.push_str(" *");
         }
-        println!(
+        outln!(
             "  {:>4}  {:<20} {:<16} {:>10} {:>6} {:>9} {:>6}",
             h.host_id,
             h.name,
@@ -100,10 +107,10 @@ fn print_hosts(hosts: &[HostStatus]) {
             h.vcpus_free
         );
         if let Some(error) = &h.error {
-            println!("        unusable: {error}");
+            outln!("        unusable: {error}");
         }
         if !h.settings_differ.is_empty() {
-            println!(
+            outln!(
                 "        SETTINGS DIFFER from this host's: {}",
                 h.settings_differ.join(", ")
             );
@@ -117,7 +124,7 @@ pub fn status(args: &DaemonArgs) -> Result<()> {
         return print_json(&value);
     }
     let status: StatusReply = serde_json::from_value(value).context("unexpected status reply")?;
-    println!(
+    outln!(
         "host {} ({}), leaseholdd pid {}, watchdog {}",
         status.host_id,
         status.host_name,
@@ -125,7 +132,7 @@ pub fn status(args: &DaemonArgs) -> Result<()> {
         status.watchdog.as_deref().unwrap_or("none")
     );
     for space in &status.lockspaces {
-        println!(
+        outln!(
             "lockspace {} on {}: {}, generation {}, last renewal {} ago, {} renewal failure(s){}",
             space.name,
             space.device,
@@ -144,21 +151,23 @@ pub fn status(args: &DaemonArgs) -> Result<()> {
         );
         print_hosts(&space.hosts);
         if space.resources.is_empty() {
-            println!("  no resource leases held");
+            outln!("  no resource leases held");
         }
         for r in &space.resources {
             let holder = match &r.vm {
                 Some(uuid) => format!("VM {uuid}"),
                 None => format!("pid {}", r.pid),
             };
-            println!(
+            outln!(
                 "  holds {} (slot {}, lver {}) for {holder}",
-                r.name, r.slot, r.lver
+                r.name,
+                r.slot,
+                r.lver
             );
         }
     }
     if let Some(h) = &status.headroom {
-        println!("{}", crate::vm::headroom_line(h));
+        outln!("{}", crate::vm::headroom_line(h));
     }
     for c in &status.fence_checks {
         let result = match (&c.error, &c.power) {
@@ -166,7 +175,7 @@ pub fn status(args: &DaemonArgs) -> Result<()> {
             (None, Some(power)) => format!("ok, power {power}"),
             (None, None) => "ok".to_string(),
         };
-        println!(
+        outln!(
             "fence device of host {} ({}), {}: {result} (checked {} ago)",
             c.host_id,
             c.host,
@@ -204,9 +213,13 @@ pub fn events(args: &EventsArgs) -> Result<()> {
     }
     let events: Vec<Event> = serde_json::from_value(value).context("unexpected events reply")?;
     for e in events {
-        println!(
+        outln!(
             "{} host {} {} {}: {}",
-            e.time, e.host_id, e.lockspace, e.kind, e.message
+            e.time,
+            e.host_id,
+            e.lockspace,
+            e.kind,
+            e.message
         );
     }
     Ok(())
@@ -216,7 +229,7 @@ pub fn print_result(args: &DaemonArgs, value: &serde_json::Value, text: String) 
     if args.json {
         print_json(value)
     } else {
-        println!("{text}");
+        outln!("{text}");
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //! started on the way out, and clears leftovers of an interrupted run.
 
 use crate::cli::DemoArgs;
+use crate::out::outln;
 use anyhow::{bail, Context, Result};
 use leasehold_daemon::client::Client;
 use leasehold_daemon::config::Secret;
@@ -347,7 +348,7 @@ impl Demo {
         for h in &self.hosts {
             ipmi::power_on(&h.bmc)
                 .with_context(|| format!("power on {} through its BMC", h.name))?;
-            println!(
+            outln!(
                 "  {} powered on through its BMC ({}), leaseholdd starting",
                 h.name,
                 h.bmc.describe()
@@ -405,7 +406,7 @@ impl Demo {
                 .and_then(|m| m.as_str())
                 .unwrap_or_default()
                 .to_string();
-            println!("  vm add {name} --priority {priority:?}: {message}");
+            outln!("  vm add {name} --priority {priority:?}: {message}");
         }
         Ok(())
     }
@@ -413,7 +414,7 @@ impl Demo {
     fn print_vm_list(&self, socket: &Path) -> Result<()> {
         let list = vm_list(socket)?;
         for vm in &list.vms {
-            println!(
+            outln!(
                 "  {:<6} {:<8} {:<7} {:>5} MiB  on {}",
                 vm.name,
                 vm.state,
@@ -425,7 +426,7 @@ impl Demo {
             );
         }
         if let Some(h) = &list.headroom {
-            println!(
+            outln!(
                 "  headroom: {} (tolerates {} host failure(s), {} MiB spare in the worst case)",
                 if h.ok { "ok" } else { "NOT ENOUGH" },
                 h.failures_to_tolerate,
@@ -451,7 +452,7 @@ impl Drop for Demo {
             }
         }
         if self.keep {
-            println!(
+            outln!(
                 "kept {} (logs, event logs, lease device)",
                 self.dir.display()
             );
@@ -520,7 +521,7 @@ impl EventTail {
             if event.kind == "vm-started" {
                 *last_start_ms = Some(last_start_ms.map_or(at, |l| l.max(at)));
             }
-            println!(
+            outln!(
                 "  +{:>6.3} s  {host:<5} {:<14} {}",
                 at as f64 / 1000.0,
                 event.kind,
@@ -542,7 +543,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let io_timeout_ms = io_timeout_ms as u32;
     let mut demo = Demo::prepare(args)?;
     // From here on, dropping `demo` stops every process it started.
-    println!(
+    outln!(
         "leasehold demo: 3 hosts on one file-backed lease device {} (io_timeout {} ms: a silent host is declared after {} ms)",
         demo.device().display(),
         io_timeout_ms,
@@ -553,13 +554,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     demo.start_bmcs(&leaseholdd)?;
     demo.power_on_all()?;
     demo.wait_cluster(Duration::from_secs(60))?;
-    println!("\nall 3 hosts joined and see each other live; registering HA VMs on hostA:");
+    outln!("\nall 3 hosts joined and see each other live; registering HA VMs on hostA:");
     demo.add_vms()?;
     demo.print_vm_list(&demo.hosts[1].socket)?;
 
     let mut tail = EventTail::new(&demo.hosts[1..]);
     let victim = &demo.hosts[0];
-    println!(
+    outln!(
         "\npowering {} off through its BMC ({}: IPMI chassis power off)",
         victim.name,
         victim.bmc.describe()
@@ -568,7 +569,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let off = Instant::now();
     ipmi::power_off(&victim.bmc, Duration::from_secs(10))
         .with_context(|| format!("power off {}", victim.name))?;
-    println!(
+    outln!(
         "  {} is off ({} ms)",
         victim.name,
         off.elapsed().as_millis()
@@ -603,7 +604,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     // Events written just before the list showed them.
     std::thread::sleep(Duration::from_millis(200));
     tail.show(off_of_day_ms, &mut last_start_ms);
-    println!("\nafter the failover (vm list on hostB):");
+    outln!("\nafter the failover (vm list on hostB):");
     demo.print_vm_list(&demo.hosts[1].socket)?;
     let mut survivors: Vec<String> = placed
         .map(|l| {
@@ -618,7 +619,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let seconds = last_start_ms
         .map(|ms| ms as f64 / 1000.0)
         .unwrap_or_else(|| off.elapsed().as_secs_f64());
-    println!(
+    outln!(
         "\nfailover: {} VMs of {} running on {}, {:.1} s after power-off",
         VMS.len(),
         victim.name,

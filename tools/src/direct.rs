@@ -2,6 +2,7 @@
 
 use crate::cli::{DirectCommand, HostArgs, ResourceArgs};
 use crate::open::open_lockspace;
+use crate::out::outln;
 use anyhow::{Context, Result};
 use lease::clock::SystemClock;
 use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
@@ -42,9 +43,12 @@ fn join(args: &HostArgs) -> Result<()> {
                 space.name, space.device
             )
         })?;
-    println!(
+    outln!(
         "joined lockspace {} as host {} ({}), generation {}",
-        space.name, host_id, lease.record.host_name, lease.record.generation
+        space.name,
+        host_id,
+        lease.record.host_name,
+        lease.record.generation
     );
     Ok(())
 }
@@ -69,9 +73,12 @@ fn renew(args: &HostArgs) -> Result<()> {
         &SystemClock,
     )
     .with_context(|| format!("renewing host {host_id} in lockspace {}", space.name))?;
-    println!(
+    outln!(
         "renewed host {} ({}), generation {}, timestamp {} ms",
-        host_id, args.host_name, renewal.lease.record.generation, renewal.lease.record.timestamp_ms
+        host_id,
+        args.host_name,
+        renewal.lease.record.generation,
+        renewal.lease.record.timestamp_ms
     );
     Ok(())
 }
@@ -80,9 +87,11 @@ fn leave(args: &HostArgs) -> Result<()> {
     let (disk, space, host_id, lease) = adopted(args)?;
     let record = run(delta::leave(&space, &lease), disk.as_ref(), &SystemClock)
         .with_context(|| format!("leaving lockspace {}", space.name))?;
-    println!(
+    outln!(
         "host {} ({}) left, generation {}",
-        host_id, args.host_name, record.generation
+        host_id,
+        args.host_name,
+        record.generation
     );
     Ok(())
 }
@@ -114,9 +123,12 @@ fn acquire(args: &ResourceArgs) -> Result<()> {
         &SystemClock,
     )
     .with_context(|| format!("acquiring {:?} for host {host_id}", args.resource))?;
-    println!(
+    outln!(
         "acquired {} (slot {slot}) for host {} generation {}, lease version {}",
-        args.resource, host_id, record.generation, leader.lver
+        args.resource,
+        host_id,
+        record.generation,
+        leader.lver
     );
     Ok(())
 }
@@ -138,7 +150,7 @@ fn release(args: &ResourceArgs) -> Result<()> {
         }
         .into());
     };
-    println!(
+    outln!(
         "released {} (slot {slot}), lease version {lver}",
         args.resource
     );

@@ -2,23 +2,114 @@
 
 use crate::cli::DumpArgs;
 use crate::open::open_lockspace;
+use crate::out::outln;
 use anyhow::Result;
 use lease::device::{self, Dump, LeaseEntry};
 use lease::format::{HostRecord, LeaderRecord, FORMAT_VERSION};
+use lease::timeouts::Timeouts;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Widths of the host table's columns (the whole row fits 80 columns).
+const HOST_NAME_COLUMNS: usize = 16;
+/// Width of the resource table's name column.
+const LEASE_NAME_COLUMNS: usize = 22;
 
 pub fn run(args: &DumpArgs) -> Result<()> {
     let (disk, _) = open_lockspace(&args.device)?;
     let dump = device::dump(disk.as_ref())?;
+    let moved = if args.settle {
+        let wait_ms = settle_ms(&dump);
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        let again = device::dump(disk.as_ref())?;
+        Some(moved_hosts(&dump, &again))
+    } else {
+        None
+    };
+    let states = host_states(&dump, moved.as_ref());
     if args.json {
-        println!(
+        outln!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&dump, args.all))?
+            serde_json::to_string_pretty(&to_json(&dump, &states, args.all))?
         );
     } else {
-        print_tables(&dump, args.all);
+        print_tables(&dump, &states, args.all, moved.is_some());
     }
     Ok(())
+}
+
+/// How long `--settle` waits between its two reads: a renewal interval
+/// plus an io_timeout of the slowest host (its renewal may take that long
+/// to land), so every host that renews at all has moved its record.
+fn settle_ms(dump: &Dump) -> u64 {
+    let io_timeout_ms = dump
+        .hosts
+        .iter()
+        .filter_map(|h| h.record.as_ref())
+        .filter(|r| !r.is_unused())
+        .map(|r| r.io_timeout_ms)
+        .chain(std::iter::once(dump.header.io_timeout_ms))
+        .max()
+        .unwrap_or(dump.header.io_timeout_ms);
+    let timeouts = Timeouts::from_io_timeout_ms(io_timeout_ms);
+    timeouts.renew_interval_ms + timeouts.io_timeout_ms
+}
+
+/// The hosts whose record changed between two reads.
+fn moved_hosts(first: &Dump, second: &Dump) -> BTreeMap<u32, bool> {
+    first
+        .hosts
+        .iter()
+        .zip(&second.hosts)
+        .map(|(a, b)| {
+            let moved = match (&a.record, &b.record) {
+                (Some(a), Some(b)) => {
+                    a.timestamp_ms != b.timestamp_ms || a.generation != b.generation
+                }
+                _ => false,
+            };
+            (a.host_id.get(), moved)
+        })
+        .collect()
+}
+
+/// Each host's state as this reader can judge it: from its flags, and
+/// with two reads (`moved`) whether it renews. A host whose record says
+/// nothing and that was read once is "?".
+fn host_states(dump: &Dump, moved: Option<&BTreeMap<u32, bool>>) -> BTreeMap<u32, &'static str> {
+    dump.hosts
+        .iter()
+        .map(|h| {
+            let state = match (&h.record, &h.error) {
+                (_, Some(_)) => "unusable",
+                (None, None) => "?",
+                (Some(r), None) if r.is_unused() => "unused",
+                (Some(r), None) => {
+                    let moved = moved.and_then(|m| m.get(&h.host_id.get()).copied());
+                    match moved {
+                        // A record that moves is a running host, whatever
+                        // its flags say of earlier generations.
+                        Some(true) => "live",
+                        _ if r.flags.released => "released",
+                        _ if r.generation_is_over(r.generation) => "fenced",
+                        Some(false) => "silent",
+                        None => "?",
+                    }
+                }
+            };
+            (h.host_id.get(), state)
+        })
+        .collect()
+}
+
+/// `name` cut to `columns` characters, its end marked with `~`.
+fn fit(name: &str, columns: usize) -> String {
+    if name.chars().count() <= columns {
+        return name.to_string();
+    }
+    let mut cut: String = name.chars().take(columns.saturating_sub(1)).collect();
+    cut.push('~');
+    cut
 }
 
 fn host_used(record: &Option<HostRecord>, error: &Option<String>) -> bool {
@@ -45,6 +136,25 @@ fn host_flags(record: &HostRecord) -> Vec<&'static str> {
         flags.push("watchdog");
     }
     flags
+}
+
+/// The same flags, short, for the table: rel, fen, wd.
+fn host_flags_short(record: &HostRecord) -> String {
+    let mut flags = Vec::new();
+    if record.flags.released {
+        flags.push("rel");
+    }
+    if record.flags.fenced {
+        flags.push("fen");
+    }
+    if record.flags.watchdog {
+        flags.push("wd");
+    }
+    if flags.is_empty() {
+        "-".to_string()
+    } else {
+        flags.join(",")
+    }
 }
 
 fn leader_flags(entry: &LeaseEntry, leader: &LeaderRecord) -> Vec<&'static str> {
@@ -74,14 +184,18 @@ fn lease_json(entry: &LeaseEntry) -> Value {
     value
 }
 
-fn to_json(dump: &Dump, all: bool) -> Value {
+fn to_json(dump: &Dump, states: &BTreeMap<u32, &'static str>, all: bool) -> Value {
     let g = &dump.header.geometry;
     let hosts: Vec<Value> = dump
         .hosts
         .iter()
         .filter(|h| all || host_used(&h.record, &h.error))
         .map(|h| {
-            let mut value = json!({ "host_id": h.host_id.get(), "offset_bytes": h.offset_bytes });
+            let mut value = json!({
+                "host_id": h.host_id.get(),
+                "offset_bytes": h.offset_bytes,
+                "state": states.get(&h.host_id.get()).copied().unwrap_or("?"),
+            });
             if let Some(r) = &h.record {
                 value["name"] = json!(r.host_name);
                 value["generation"] = json!(r.generation);
@@ -141,27 +255,33 @@ fn to_json(dump: &Dump, all: bool) -> Value {
     })
 }
 
-fn print_tables(dump: &Dump, all: bool) {
+fn print_tables(dump: &Dump, states: &BTreeMap<u32, &'static str>, all: bool, settled: bool) {
     let g = &dump.header.geometry;
-    println!("device     {}", dump.device);
-    println!(
+    outln!("device     {}", dump.device);
+    outln!(
         "lockspace  {}  (format v{FORMAT_VERSION}, {}-byte sectors, io_timeout {} ms)",
         dump.header.lockspace,
         g.sector_size_bytes(),
         dump.header.io_timeout_ms
     );
-    println!(
-        "layout     {} hosts, {} resource slots, {}-byte payloads, {} bytes",
+    outln!(
+        "layout     {} hosts, {} slots, {}-byte payloads, {} bytes",
         g.max_hosts(),
         g.max_resources(),
         g.payload_size_bytes(),
         g.device_size_bytes()
     );
-    println!();
-    println!("hosts:");
-    println!(
-        "  {:>4}  {:<20} {:>10} {:>16} {:>8}  {:<18} {:>12}  {:<17}",
-        "ID", "NAME", "GENERATION", "TIMESTAMP_MS", "IO_MS", "FLAGS", "OFFSET", "SETTINGS"
+    outln!();
+    outln!("hosts:");
+    outln!(
+        "  {:>4}  {:<HOST_NAME_COLUMNS$} {:<8} {:>10} {:>6}  {:<10} {:>12}",
+        "ID",
+        "NAME",
+        "STATE",
+        "GENERATION",
+        "IO_MS",
+        "FLAGS",
+        "OFFSET"
     );
     for h in dump
         .hosts
@@ -169,19 +289,17 @@ fn print_tables(dump: &Dump, all: bool) {
         .filter(|h| all || host_used(&h.record, &h.error))
     {
         match (&h.record, &h.error) {
-            (Some(r), _) => println!(
-                "  {:>4}  {:<20} {:>10} {:>16} {:>8}  {:<18} {:>12}  {:08x}/{:08x}",
+            (Some(r), _) => outln!(
+                "  {:>4}  {:<HOST_NAME_COLUMNS$} {:<8} {:>10} {:>6}  {:<10} {:>12}",
                 h.host_id.get(),
-                r.host_name,
+                fit(&r.host_name, HOST_NAME_COLUMNS),
+                states.get(&h.host_id.get()).copied().unwrap_or("?"),
                 r.generation,
-                r.timestamp_ms,
                 r.io_timeout_ms,
-                host_flags(r).join(","),
+                host_flags_short(r),
                 h.offset_bytes,
-                r.shared_settings.failover_digest,
-                r.shared_settings.cluster_digest
             ),
-            (None, Some(e)) => println!(
+            (None, Some(e)) => outln!(
                 "  {:>4}  UNUSABLE at offset {}: {e}",
                 h.host_id.get(),
                 h.offset_bytes
@@ -189,8 +307,11 @@ fn print_tables(dump: &Dump, all: bool) {
             (None, None) => {}
         }
     }
-    println!();
-    println!("resources:");
+    if !settled && states.values().any(|s| *s == "?") {
+        outln!("  (STATE ?: one read cannot tell live from silent; add --settle)");
+    }
+    outln!();
+    outln!("resources:");
     print_leases(&dump.resources, all, "SLOT");
     let fenced: Vec<&LeaseEntry> = dump
         .fence_leases
@@ -198,23 +319,33 @@ fn print_tables(dump: &Dump, all: bool) {
         .filter(|e| all || lease_used(e))
         .collect();
     if !fenced.is_empty() {
-        println!();
-        println!("fence leases:");
+        outln!();
+        outln!("fence leases:");
         print_leases(&dump.fence_leases, all, "HOST");
     }
 }
 
 fn print_leases(entries: &[LeaseEntry], all: bool, index_label: &str) {
-    println!(
-        "  {:>5}  {:<24} {:>6} {:>10} {:>6}  {:<9} {:>12}",
-        index_label, "NAME", "OWNER", "GENERATION", "LVER", "FLAGS", "OFFSET"
+    outln!(
+        "  {:>5}  {:<LEASE_NAME_COLUMNS$} {:>5} {:>10} {:>6}  {:<8} {:>12}",
+        index_label,
+        "NAME",
+        "OWNER",
+        "GENERATION",
+        "LVER",
+        "FLAGS",
+        "OFFSET"
     );
     for e in entries.iter().filter(|e| all || lease_used(e)) {
         match (&e.leader, &e.error) {
-            (Some(l), _) => println!(
-                "  {:>5}  {:<24} {:>6} {:>10} {:>6}  {:<9} {:>12}",
+            (Some(l), _) => outln!(
+                "  {:>5}  {:<LEASE_NAME_COLUMNS$} {:>5} {:>10} {:>6}  {:<8} {:>12}",
                 e.location.index,
-                if l.name.is_empty() { "-" } else { &l.name },
+                if l.name.is_empty() {
+                    "-".to_string()
+                } else {
+                    fit(&l.name, LEASE_NAME_COLUMNS)
+                },
                 l.owner
                     .map(|o| o.host_id.to_string())
                     .unwrap_or_else(|| "-".to_string()),
@@ -225,9 +356,10 @@ fn print_leases(entries: &[LeaseEntry], all: bool, index_label: &str) {
                 leader_flags(e, l).join(","),
                 e.location.leader_offset_bytes
             ),
-            (None, Some(err)) => println!(
+            (None, Some(err)) => outln!(
                 "  {:>5}  UNUSABLE at offset {}: {err}",
-                e.location.index, e.location.leader_offset_bytes
+                e.location.index,
+                e.location.leader_offset_bytes
             ),
             (None, None) => {}
         }

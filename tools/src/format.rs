@@ -2,6 +2,7 @@
 
 use crate::cli::FormatArgs;
 use crate::open::open_disk;
+use crate::out::outln;
 use anyhow::{bail, Context, Result};
 use lease::device::{self, FormatOptions};
 use lease::disk::Disk;
@@ -71,7 +72,7 @@ pub fn run(args: &FormatArgs) -> Result<()> {
     };
     let space = device::format(disk.as_ref(), &options)
         .with_context(|| format!("formatting {path} failed"))?;
-    println!(
+    outln!(
         "formatted {path}: lockspace {} with {} hosts, {} resource slots, {}-byte sectors, io_timeout {} ms, {} bytes",
         space.name,
         geometry.max_hosts(),

@@ -9,6 +9,7 @@ mod dump;
 mod exit;
 mod format;
 mod open;
+mod out;
 mod signatures;
 mod vm;
 

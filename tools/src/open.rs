@@ -1,7 +1,7 @@
 //! Opening a lease device the way the flags say.
 
 use crate::cli::{DeviceArgs, IoEngine};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lease::open::{BoxedDisk, Engine};
 use lease::Lockspace;
 
@@ -28,6 +28,11 @@ pub fn open_disk(args: &DeviceArgs, sector_size_bytes: Option<u32>) -> Result<Bo
 /// Open an existing lease device. For a regular file without --sector-size,
 /// the sector size is taken from its header.
 pub fn open_lockspace(args: &DeviceArgs) -> Result<(BoxedDisk, Lockspace)> {
-    lease::open::open_lockspace(&args.path, engine(args), args.sector_size, None)
-        .with_context(|| format!("{} is not a usable lease device", args.path))
+    // Its errors name the device already.
+    Ok(lease::open::open_lockspace(
+        &args.path,
+        engine(args),
+        args.sector_size,
+        None,
+    )?)
 }

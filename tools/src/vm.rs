@@ -2,6 +2,7 @@
 
 use crate::cli::{PriorityArg, RestartArg, VmCommand};
 use crate::control::{call, print_json, print_result};
+use crate::out::outln;
 use anyhow::{Context, Result};
 use leasehold_daemon::backup::RegistryExport;
 use leasehold_daemon::placement::{Headroom, Priority};
@@ -63,7 +64,7 @@ fn export(args: &crate::cli::DaemonArgs) -> Result<()> {
     for problem in &export.unusable {
         eprintln!("leasehold: warning: not exported: {problem}");
     }
-    println!("{}", serde_json::to_string_pretty(&export)?);
+    outln!("{}", serde_json::to_string_pretty(&export)?);
     eprintln!(
         "leasehold: exported {} VM record(s) of lockspace {}",
         export.vms.len(),
@@ -90,13 +91,13 @@ fn import(a: &crate::cli::VmImportArgs) -> Result<()> {
                 record: record.clone(),
             },
         ) {
-            Ok(_) => println!("{name}: imported"),
+            Ok(_) => outln!("{name}: imported"),
             Err(e) => {
                 let skipped = e
                     .downcast_ref::<crate::control::DaemonRefused>()
                     .is_some_and(|r| r.kind == leasehold_daemon::protocol::ErrorKind::Conflict);
                 if skipped {
-                    println!("{name}: skipped: {e}");
+                    outln!("{name}: skipped: {e}");
                 } else {
                     eprintln!("leasehold: {name}: {e:#}");
                     failed += 1;
@@ -146,9 +147,15 @@ fn list(args: &crate::cli::DaemonArgs) -> Result<()> {
         return print_json(&value);
     }
     let reply: VmListReply = serde_json::from_value(value).context("unexpected vm list reply")?;
-    println!(
+    outln!(
         "{:<20} {:<9} {:<8} {:>7} {:>5}  {:<24} {:>5}  note",
-        "VM", "STATE", "PRIORITY", "MEM MiB", "VCPUS", "HOST", "LVER"
+        "VM",
+        "STATE",
+        "PRIORITY",
+        "MEM MiB",
+        "VCPUS",
+        "HOST",
+        "LVER"
     );
     for vm in &reply.vms {
         let host = match (vm.owner_host_id, &vm.owner_host_name) {
@@ -172,7 +179,7 @@ fn list(args: &crate::cli::DaemonArgs) -> Result<()> {
         if let Some(e) = &vm.error {
             note.push_str(e);
         }
-        println!(
+        outln!(
             "{:<20} {:<9} {:<8} {:>7} {:>5}  {:<24} {:>5}  {}",
             vm.name,
             vm.state,
@@ -185,10 +192,10 @@ fn list(args: &crate::cli::DaemonArgs) -> Result<()> {
         );
     }
     if reply.vms.is_empty() {
-        println!("(no HA VMs registered)");
+        outln!("(no HA VMs registered)");
     }
     if let Some(h) = &reply.headroom {
-        println!("{}", headroom_line(h));
+        outln!("{}", headroom_line(h));
     }
     Ok(())
 }
