@@ -27,6 +27,7 @@
 pub mod agreement;
 pub mod backup;
 pub mod capacity;
+pub mod child;
 pub mod client;
 pub mod config;
 pub mod context;

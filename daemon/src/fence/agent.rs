@@ -6,9 +6,7 @@
 use super::{FenceError, PowerState};
 use crate::config::Secret;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct AgentTarget {
@@ -43,97 +41,31 @@ fn run(target: &AgentTarget, action: &str, timeout: Duration) -> Result<(i32, St
     if let Some(password) = &target.password {
         input.push_str(&format!("password={}\n", password.expose()));
     }
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new(&target.agent)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a timeout kills whatever it started.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| FenceError::Device {
-            device: target.describe(),
-            reason: format!(
-                "cannot run {}: {e} (is the fence-agents package installed?)",
-                target.agent
-            ),
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    // Drain both pipes while it runs: a chatty agent must not block on a
-    // full pipe, and a helper it leaves behind holding the pipe must not
-    // block us.
-    let (sender, receiver) = std::sync::mpsc::channel::<String>();
-    for pipe in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let sender = sender.clone();
-        std::thread::spawn(move || {
-            let mut pipe = pipe;
-            let mut bytes = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut pipe, &mut bytes);
-            let _ = sender.send(String::from_utf8_lossy(&bytes).into_owned());
-        });
-    }
-    drop(sender);
-    let group = i32::try_from(child.id()).unwrap_or(0);
-    let kill_group = || {
-        if group > 0 {
-            // SAFETY: kill(2) of the process group we just created.
-            unsafe {
-                libc::kill(-group, libc::SIGKILL);
-            }
-        }
-    };
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > timeout => {
-                kill_group();
-                let _ = child.wait();
-                return Err(FenceError::Device {
-                    device: target.describe(),
-                    reason: format!(
+    let finished =
+        crate::child::run(&target.agent, &[], input.as_bytes(), timeout).map_err(|e| {
+            FenceError::Device {
+                device: target.describe(),
+                reason: match e {
+                    crate::child::ChildError::Spawn { .. } => {
+                        format!("{e} (is the fence-agents package installed?)")
+                    }
+                    crate::child::ChildError::TimedOut { .. } => format!(
                         "{} action={action} did not finish within {} s",
                         target.agent,
                         timeout.as_secs()
                     ),
-                });
+                    crate::child::ChildError::Wait { .. } => e.to_string(),
+                },
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                kill_group();
-                return Err(FenceError::Device {
-                    device: target.describe(),
-                    reason: format!("waiting for {}: {e}", target.agent),
-                });
-            }
-        }
-    };
-    let mut output = Vec::new();
-    while let Ok(part) = receiver.recv_timeout(Duration::from_secs(1)) {
-        output.push(part);
-    }
-    let mut text = output.concat();
+        })?;
+    let mut text = finished.output;
     if let Some(password) = &target.password {
         if !password.expose().is_empty() {
             text = text.replace(password.expose(), "********");
         }
     }
     let text = text.trim().lines().last().unwrap_or("").to_string();
-    Ok((status.code().unwrap_or(-1), text))
+    Ok((finished.code, text))
 }
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
