@@ -184,6 +184,7 @@ fn main() {
         held_paths: Vec::new(),
         extra: String::new(),
         failover_lines: Default::default(),
+        host_tables: Default::default(),
     };
     if many > 0 {
         many_vms(runs, many, spec);

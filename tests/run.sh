@@ -36,6 +36,10 @@ vm_packages=()
 command -v libvirtd >/dev/null || vm_packages+=(libvirt-daemon libvirt-daemon-driver-qemu)
 command -v virsh >/dev/null || vm_packages+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null || vm_packages+=(qemu-system-x86 qemu-utils/bookworm)
+# The operator surface (tests/operator_surface.rs): the status page in
+# headless Chromium, the metrics through Prometheus' own parser (promtool).
+command -v chromium >/dev/null || vm_packages+=(chromium)
+command -v promtool >/dev/null || vm_packages+=(prometheus)
 if [ ${#packages[@]} -gt 0 ] || [ ${#vm_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "tests/run.sh: need root to install ${packages[*]} ${vm_packages[*]}" >&2

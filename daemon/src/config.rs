@@ -30,6 +30,8 @@ pub const DEFAULT_HOST_FAILURES_TO_TOLERATE: u32 = 1;
 pub const DEFAULT_RESTART_GRACE_MS: u64 = 10_000;
 /// Failed restarts in a row after which a VM is marked failed.
 pub const DEFAULT_RESTART_ATTEMPTS: u32 = 3;
+/// `[metrics]` without `listen`: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9720";
 
 /// A configuration problem: where, what, and what would be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,34 @@ struct FileConfig {
     cluster: FileCluster,
     #[serde(default)]
     failover: FileFailover,
+    #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
+    hooks: FileHooks,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    enabled: Option<bool>,
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileHooks {
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    run: Vec<FileHook>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileHook {
+    events: Vec<String>,
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -276,6 +306,9 @@ pub struct Config {
     pub cluster: Vec<ClusterHost>,
     /// BMC passwords by host name, from the secrets file.
     pub passwords: BTreeMap<String, Secret>,
+    /// Where the metrics and the status page are served (None: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// The `[failover]` section: restart of a dead host's VMs.
@@ -307,7 +340,7 @@ impl Config {
                 .map(|(k, v)| (k.clone(), v.expose().to_string()))
                 .collect()
         };
-        let checks: [(&'static str, bool); 18] = [
+        let checks: [(&'static str, bool); 20] = [
             ("host.id", self.host_id != new.host_id),
             ("host.name", self.host_name != new.host_name),
             ("lockspace.name", self.lockspace != new.lockspace),
@@ -358,6 +391,8 @@ impl Config {
                 format!("{:?}", self.cluster) != format!("{:?}", new.cluster),
             ),
             ("secrets", passwords(self) != passwords(new)),
+            ("metrics", self.metrics_listen != new.metrics_listen),
+            ("hooks", self.hooks != new.hooks),
             ("file", self.file != new.file),
         ];
         checks
@@ -634,6 +669,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let metrics_listen = metrics_from_file(&check, &raw.metrics)?;
+    let hooks = hooks_from_file(&check, raw.hooks)?;
+
     let mut cluster = Vec::new();
     let mut ids = BTreeSet::new();
     let mut names = BTreeSet::new();
@@ -748,6 +786,81 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         failover,
         cluster,
         passwords,
+        metrics_listen,
+        hooks,
+    })
+}
+
+fn metrics_from_file(
+    check: &Checker<'_>,
+    metrics: &FileMetrics,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let listen = match (&metrics.listen, metrics.enabled) {
+        (_, Some(false)) | (None, None) => return Ok(None),
+        (Some(listen), _) => listen.as_str(),
+        (None, Some(true)) => DEFAULT_METRICS_LISTEN,
+    };
+    listen.parse().map(Some).map_err(|_| {
+        check.error(
+            "metrics.listen",
+            format!("{listen:?} is not an address and port"),
+            Some("IP:PORT, e.g. 127.0.0.1:9720 (loopback) or [::]:9720"),
+        )
+    })
+}
+
+fn hooks_from_file(
+    check: &Checker<'_>,
+    hooks: FileHooks,
+) -> Result<crate::hooks::HooksConfig, ConfigError> {
+    use crate::hooks::{
+        HOOK_EVENTS, HOOK_TIMEOUT_MS_DEFAULT, HOOK_TIMEOUT_MS_MAX, HOOK_TIMEOUT_MS_MIN,
+    };
+    let timeout_ms = hooks.timeout_ms.unwrap_or(HOOK_TIMEOUT_MS_DEFAULT);
+    if !(HOOK_TIMEOUT_MS_MIN..=HOOK_TIMEOUT_MS_MAX).contains(&timeout_ms) {
+        return Err(check.error(
+            "hooks.timeout_ms",
+            format!("{timeout_ms} is out of range"),
+            Some(&format!(
+                "{HOOK_TIMEOUT_MS_MIN}..={HOOK_TIMEOUT_MS_MAX} milliseconds"
+            )),
+        ));
+    }
+    let mut result = Vec::new();
+    for (index, hook) in hooks.run.into_iter().enumerate() {
+        let at = |field: &str| format!("hooks.run[{index}].{field}");
+        if !Path::new(&hook.program).is_absolute() {
+            return Err(check.error(
+                &at("program"),
+                format!("{:?} is not an absolute path", hook.program),
+                Some("the program's absolute path"),
+            ));
+        }
+        if hook.events.is_empty() {
+            return Err(check.error(
+                &at("events"),
+                "names no event",
+                Some(&HOOK_EVENTS.join(", ")),
+            ));
+        }
+        for kind in &hook.events {
+            if !HOOK_EVENTS.contains(&kind.as_str()) {
+                return Err(check.error(
+                    &at("events"),
+                    format!("{kind:?} is not an event kind a hook can run on"),
+                    Some(&HOOK_EVENTS.join(", ")),
+                ));
+            }
+        }
+        result.push(crate::hooks::Hook {
+            events: hook.events,
+            program: hook.program,
+            args: hook.args,
+        });
+    }
+    Ok(crate::hooks::HooksConfig {
+        timeout_ms,
+        hooks: result,
     })
 }
 
@@ -933,6 +1046,52 @@ device = "/dev/loop0"
             "{message}"
         );
         assert!(message.contains("100..=300000"), "{message}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_on_loopback_unless_configured() {
+        assert_eq!(parse_text(MINIMAL).expect("valid").metrics_listen, None);
+        let on = parse_text(&format!("{MINIMAL}\n[metrics]\nenabled = true\n")).expect("valid");
+        assert_eq!(
+            on.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_METRICS_LISTEN)
+        );
+        let everywhere =
+            parse_text(&format!("{MINIMAL}\n[metrics]\nlisten = \"[::]:9100\"\n")).expect("valid");
+        assert_eq!(everywhere.metrics_listen.map(|a| a.port()), Some(9100));
+        let off = parse_text(&format!(
+            "{MINIMAL}\n[metrics]\nenabled = false\nlisten = \"0.0.0.0:1\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(off.metrics_listen, None);
+        let error = parse_text(&format!("{MINIMAL}\n[metrics]\nlisten = \"9720\"\n"))
+            .expect_err("a port alone is not an address");
+        assert_eq!(error.key, "metrics.listen");
+    }
+
+    #[test]
+    fn hooks_name_known_events_and_absolute_programs() {
+        let hook = |events: &str, program: &str| {
+            format!(
+                "{MINIMAL}\n[hooks]\ntimeout_ms = 2000\n[[hooks.run]]\nevents = {events}\nprogram = \"{program}\"\nargs = [\"--page\"]\n"
+            )
+        };
+        let config =
+            parse_text(&hook("[\"fenced\", \"vm-failed\"]", "/usr/local/bin/page")).expect("valid");
+        assert_eq!(config.hooks.timeout_ms, 2000);
+        assert_eq!(config.hooks.hooks.len(), 1);
+        assert_eq!(config.hooks.hooks[0].args, ["--page"]);
+        let typo = parse_text(&hook("[\"fencd\"]", "/usr/local/bin/page")).expect_err("typo");
+        assert_eq!(typo.key, "hooks.run[0].events");
+        assert!(
+            typo.to_string().contains("fenced"),
+            "names the kinds: {typo}"
+        );
+        let none = parse_text(&hook("[]", "/usr/local/bin/page")).expect_err("no event");
+        assert_eq!(none.key, "hooks.run[0].events");
+        let relative = parse_text(&hook("[\"fenced\"]", "page")).expect_err("relative");
+        assert_eq!(relative.key, "hooks.run[0].program");
+        assert!(parse_text(MINIMAL).expect("valid").hooks.hooks.is_empty());
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub struct Context {
     /// The last check of each other host's fence device, by host id
     /// ([`crate::fence_health`]).
     pub fence_checks: Mutex<BTreeMap<u32, crate::fence_health::FenceCheck>>,
+    /// Latency histograms (renewals, lease operations).
+    pub metrics: crate::metrics::Metrics,
+    /// The last failover as this host saw it.
+    pub timeline: Mutex<crate::timeline::Timeline>,
+    /// The VM manager's view at its last scan that changed anything, for
+    /// the status page and metrics (None until it scanned).
+    pub vm_view: Mutex<Option<crate::protocol::VmListReply>>,
     persist_lock: Mutex<()>,
     /// The libvirt calls of self-fences and startup destroys (bounded by
     /// `libvirt.call_timeout_ms`, so no thread that feeds the watchdog or
@@ -68,9 +75,23 @@ impl Context {
             vm_jobs: Mutex::new(None),
             headroom: Mutex::new(None),
             fence_checks: Mutex::new(BTreeMap::new()),
+            metrics: crate::metrics::Metrics::default(),
+            timeline: Mutex::new(crate::timeline::Timeline::default()),
+            vm_view: Mutex::new(None),
             persist_lock: Mutex::new(()),
             exit_watches: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Record a step of the current failover (see [`crate::timeline`]),
+    /// at this host's monotonic now.
+    pub fn failover(&self, record: impl FnOnce(&mut crate::timeline::Timeline, u64)) {
+        let now_ms = lease::clock::Clock::now_ms(&lease::clock::SystemClock);
+        let mut timeline = match self.timeline.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        record(&mut timeline, now_ms);
     }
 
     pub fn spaces(&self) -> Vec<Arc<Space>> {

@@ -224,8 +224,11 @@ fn takeovers(context: &Context) -> BTreeMap<String, (statefile::PersistedSpace, 
 /// Run the daemon until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(config: Config) -> Result<i32> {
     let _lock = lock_run_dir(&config)?;
+    let hooks = crate::hooks::Hooks::start(&config.hooks)
+        .context("cannot start the thread that runs the alert hooks")?;
     let events = EventLog::open(&config.event_log, config.host_id)
-        .with_context(|| format!("cannot open the event log {}", config.event_log.display()))?;
+        .with_context(|| format!("cannot open the event log {}", config.event_log.display()))?
+        .with_hooks(hooks);
     let context = Arc::new(Context::new(config.clone(), events));
     let mut takeovers = takeovers(&context);
 
@@ -295,6 +298,19 @@ pub fn run(config: Config) -> Result<i32> {
 
     crate::fence_health::start(Arc::clone(&context))
         .context("cannot start the fence device checks")?;
+
+    // Metrics and the status page: a failure is loud but never stops the
+    // daemon (the leases matter more than their dashboard).
+    if let Some(listen) = config.metrics_listen {
+        if let Err(e) = crate::web::start(Arc::clone(&context), listen) {
+            context.events.emit(
+                Level::Error,
+                &config.lockspace,
+                "metrics-failed",
+                format!("{e:#}"),
+            );
+        }
+    }
 
     let stop_guard = Arc::new(AtomicBool::new(false));
     let guard = {

@@ -1,8 +1,12 @@
 //! The append-only event log: one JSON [`Event`] per line (warnings and
 //! errors fsynced, informational events left to the page cache), read
-//! back by `leasehold events`. Every event also goes to the tracing log.
+//! back by `leasehold events`. Every event also goes to the tracing log,
+//! is counted by lockspace and kind (for metrics), and is offered to the
+//! alert hooks ([`crate::hooks`]), which never make the caller wait.
 
+use crate::hooks::Hooks;
 use crate::protocol::Event;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +27,9 @@ pub struct EventLog {
     path: PathBuf,
     host_id: u32,
     file: Mutex<Option<File>>,
+    /// Events emitted since start, by (lockspace, kind).
+    counts: Mutex<BTreeMap<(String, String), u64>>,
+    hooks: Option<Hooks>,
 }
 
 impl EventLog {
@@ -36,7 +43,28 @@ impl EventLog {
             path: path.to_path_buf(),
             host_id,
             file: Mutex::new(Some(file)),
+            counts: Mutex::new(BTreeMap::new()),
+            hooks: None,
         })
+    }
+
+    /// Offer every later event to `hooks`.
+    pub fn with_hooks(mut self, hooks: Option<Hooks>) -> EventLog {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The running hooks, if any.
+    pub fn hooks(&self) -> Option<&Hooks> {
+        self.hooks.as_ref()
+    }
+
+    /// Events emitted since start, by (lockspace, kind).
+    pub fn counts(&self) -> BTreeMap<(String, String), u64> {
+        match self.counts.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -59,6 +87,18 @@ impl EventLog {
             kind: kind.to_string(),
             message,
         };
+        {
+            let mut counts = match self.counts.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *counts
+                .entry((event.lockspace.clone(), event.kind.clone()))
+                .or_insert(0) += 1;
+        }
+        if let Some(hooks) = &self.hooks {
+            hooks.offer(&event);
+        }
         let Ok(mut line) = serde_json::to_string(&event) else {
             return;
         };

@@ -12,6 +12,7 @@
 use crate::events::Level;
 use crate::fence::{Device, FenceError};
 use crate::space::{Phase, Space};
+use crate::timeline::Step;
 use lease::clock::{Clock, SystemClock};
 use lease::delta::{self, FenceMark};
 use lease::disk::Disk;
@@ -243,6 +244,10 @@ pub fn fencing_thread(space: Arc<Space>) {
                 Ok(Election::Won(leader)) => leader,
                 Ok(Election::Lost { fencer }) => {
                     watching.insert(raw, SystemClock.now_ms() + 2 * interval_ms);
+                    let fencer_id = fencer.host_id.get();
+                    space.context().failover(|timeline, now_ms| {
+                        timeline.fence(raw, Step::FenceByOther { fencer: fencer_id }, now_ms)
+                    });
                     announce(
                         "lost",
                         Level::Info,
@@ -300,6 +305,9 @@ pub fn fencing_thread(space: Arc<Space>) {
                             space
                                 .fenced_one
                                 .store(true, std::sync::atomic::Ordering::SeqCst);
+                            space.context().failover(|timeline, now_ms| {
+                                timeline.fence(raw, Step::Fenced, now_ms)
+                            });
                             space.emit(
                                 Level::Warn,
                                 "fenced",
@@ -331,6 +339,9 @@ pub fn fencing_thread(space: Arc<Space>) {
                         .min(RETRY_CAP_MS);
                     entry.attempts = entry.attempts.saturating_add(1);
                     entry.next_ms = SystemClock.now_ms() + delay_ms;
+                    space.context().failover(|timeline, now_ms| {
+                        timeline.fence(raw, Step::FenceFailed, now_ms)
+                    });
                     space.emit(
                         Level::Error,
                         "fence-failed",

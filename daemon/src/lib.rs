@@ -23,6 +23,10 @@
 //! - [`preflight`]: `--check-config`'s checks beyond the file's validity.
 //! - [`domain_lease`]: a HA VM's domain XML with its `<lease>`, as the VM
 //!   manager starts it (the lock plugin then asks this daemon for it).
+//! - [`child`]: running a helper program within a time limit (fence
+//!   agents, hooks); [`hooks`]: the alert hooks run on chosen events.
+//! - [`metrics`]: latency histograms; [`timeline`]: the last failover as
+//!   this host saw it; [`web`]: the metrics and status page listener.
 
 pub mod agreement;
 pub mod backup;
@@ -39,8 +43,10 @@ pub mod fence;
 pub mod fence_health;
 pub mod fencing;
 pub mod holders;
+pub mod hooks;
 #[cfg(feature = "libvirt")]
 pub mod hypervisor;
+pub mod metrics;
 pub mod monitor;
 pub mod placement;
 pub mod preflight;
@@ -49,6 +55,8 @@ pub mod registry;
 pub mod server;
 pub mod space;
 pub mod statefile;
+pub mod timeline;
 #[cfg(feature = "libvirt")]
 pub mod vms;
 pub mod watchdog;
+pub mod web;

@@ -20,6 +20,8 @@ pub struct Transition {
     pub kind: String,
     pub message: String,
     pub warn: bool,
+    /// The host a `host-*` transition is about (id, name).
+    pub host: Option<(u32, String)>,
 }
 
 pub struct Monitor {
@@ -138,6 +140,7 @@ impl Monitor {
                         recent
                     ),
                     warn: true,
+                    host: None,
                 });
             }
         }
@@ -194,6 +197,7 @@ impl Monitor {
                 kind: format!("host-{label}"),
                 message,
                 warn,
+                host: Some((status.host_id, status.name.clone())),
             });
         }
         transitions
@@ -230,11 +234,13 @@ impl Monitor {
                         what.join(", ")
                     ),
                     warn: true,
+                    host: None,
                 },
                 Change::Agrees { host_id, name } => Transition {
                     kind: "settings-agree".to_string(),
                     message: format!("host {host_id} ({name}) runs with the same shared settings as this host again"),
                     warn: false,
+                    host: None,
                 },
             })
             .collect()

@@ -56,6 +56,15 @@ fn problems_with_path(config: &Config, path_var: Option<&str>) -> Vec<String> {
             config.host_id, config.host_name
         ));
     }
+    for (index, hook) in config.hooks.hooks.iter().enumerate() {
+        if find_program(&hook.program, path_var).is_none() {
+            found.push(format!(
+                "{file}: hooks.run[{index}].program {} is not an executable file: the hook would fail at every {}",
+                hook.program,
+                hook.events.join(", ")
+            ));
+        }
+    }
     for host in &config.cluster {
         let has_password = config.passwords.contains_key(&host.name);
         match &host.fence {
@@ -123,7 +132,7 @@ mod tests {
         std::fs::write(&secrets, "[hosts.hv02]\npassword = \"x\"\n").expect("secrets");
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let c = config(&format!(
-            "{BASE}[paths]\nsecrets = \"{}\"\n[watchdog]\ndevice = \"/dev/no-such-watchdog\"\n[[cluster.hosts]]\nid = 2\nname = \"hv02\"\nfence = {{ method = \"ipmi\", address = \"10.0.0.2\", user = \"admin\" }}\n[[cluster.hosts]]\nid = 3\nname = \"hv03\"\nfence = {{ method = \"agent\", agent = \"fence_no_such_agent\" }}\n",
+            "{BASE}[paths]\nsecrets = \"{}\"\n[watchdog]\ndevice = \"/dev/no-such-watchdog\"\n[[cluster.hosts]]\nid = 2\nname = \"hv02\"\nfence = {{ method = \"ipmi\", address = \"10.0.0.2\", user = \"admin\" }}\n[[cluster.hosts]]\nid = 3\nname = \"hv03\"\nfence = {{ method = \"agent\", agent = \"fence_no_such_agent\" }}\n[[hooks.run]]\nevents = [\"fenced\"]\nprogram = \"/nonexistent/page-oncall\"\n",
             secrets.display()
         ));
         let _ = std::fs::remove_file(&secrets);
@@ -140,6 +149,12 @@ mod tests {
             "{found}"
         );
         assert!(found.contains("host 3 (hv03) is fenced by fence_no_such_agent but the secrets file has no password"), "{found}");
+        assert!(
+            found.contains(
+                "hooks.run[0].program /nonexistent/page-oncall is not an executable file"
+            ),
+            "{found}"
+        );
         // No cluster section, no watchdog: nothing can ever take over.
         let bare = problems_with_path(&config(BASE), None).join("\n");
         assert!(

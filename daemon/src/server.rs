@@ -439,7 +439,30 @@ struct Peer {
     pid: Option<i32>,
 }
 
+/// Answer one request; lease operations are timed for the metrics.
 async fn handle(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
+    let op = match &request {
+        Request::Acquire { .. } => Some("acquire"),
+        Request::Release { .. } => Some("release"),
+        Request::Inquire { .. } => Some("inquire"),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let reply = dispatch(context, peer, request).await;
+    if let Some(op) = op {
+        let outcome = match &reply.error {
+            None => "ok".to_string(),
+            Some(e) => serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "error".to_string()),
+        };
+        context.metrics.lease_op(op, outcome, started.elapsed());
+    }
+    reply
+}
+
+async fn dispatch(context: &Arc<Context>, peer: Peer, request: Request) -> Reply {
     match request {
         Request::Status {} => Reply::success(status(context)),
         Request::Hosts { lockspace } => match context.space(lockspace.as_deref()) {

@@ -12,6 +12,7 @@ use crate::monitor::Monitor;
 use crate::protocol::{
     AcquireReply, ErrorKind, InquireReply, LockspaceStatus, ReleaseReply, ResourceStatus,
 };
+use crate::timeline::Step;
 use lease::clock::{Clock, SystemClock};
 use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
 use lease::format::{Capacity, FenceMethod, SharedSettings};
@@ -991,7 +992,11 @@ impl Space {
                 raise_floor,
                 resource_changes: (changes != published).then_some((changes, changed_slots)),
             };
+            let started = std::time::Instant::now();
             let result = run(delta::renew(space, &lease, request), disk, &clock());
+            self.context
+                .metrics
+                .renewal(&self.config.name, started.elapsed());
             self.last_attempt_ms
                 .store(clock().now_ms(), std::sync::atomic::Ordering::SeqCst);
             match result {
@@ -1030,6 +1035,24 @@ impl Space {
                     }
                     for t in transitions {
                         let level = if t.warn { Level::Warn } else { Level::Info };
+                        if let Some((host_id, name)) = &t.host {
+                            match t.kind.as_str() {
+                                "host-silent" | "host-dead" => {
+                                    self.context.failover(|timeline, now_ms| {
+                                        timeline.detected(
+                                            *host_id,
+                                            name,
+                                            now_ms,
+                                            crate::events::utc_now(),
+                                        )
+                                    })
+                                }
+                                "host-fenced" => self.context.failover(|timeline, now_ms| {
+                                    timeline.fence(*host_id, Step::MarkSeen, now_ms)
+                                }),
+                                _ => {}
+                            }
+                        }
                         self.emit(level, &t.kind, t.message);
                     }
                 }

@@ -169,7 +169,15 @@ pub struct VmManager {
     /// (at start, after records were forgotten, after a failed scan).
     needs_scan: bool,
     busy_until_ms: u64,
+    /// The host views behind the VM view last published for the status
+    /// page and metrics: it is rebuilt only when they or the registry
+    /// moved.
+    published_hosts: Option<ViewKey>,
 }
+
+/// The host views and ended incarnations a published VM view was built
+/// from.
+type ViewKey = (Vec<HostView>, BTreeSet<(u32, u64)>);
 
 /// What a round reads of the registry.
 #[derive(Debug)]
@@ -236,6 +244,7 @@ pub fn start(context: Arc<Context>, space: Arc<Space>) -> std::io::Result<mpsc::
         last_fingerprint: Fingerprint::default(),
         last_check_ms: 0,
         needs_scan: true,
+        published_hosts: None,
         busy_until_ms: 0,
     };
     std::thread::Builder::new()
@@ -720,6 +729,7 @@ impl VmManager {
         };
         let hosts = self.hosts(&entries, area);
         self.publish_headroom(&entries, &hosts);
+        self.publish_view(&entries, &hosts, !matches!(rescan, Rescan::Nothing));
         self.keep_own_running(&entries);
         self.restart_waiting(&entries, &hosts);
     }
@@ -760,6 +770,24 @@ impl VmManager {
         );
         if let Ok(mut guard) = self.context.headroom.lock() {
             *guard = Some(headroom);
+        }
+    }
+
+    /// The VMs as `vm list` would show them, for the status page and the
+    /// metrics, when the registry (`moved`) or the hosts changed since the
+    /// last time: O(VMs) work only then.
+    fn publish_view(&mut self, entries: &[VmEntry], hosts: &Hosts, moved: bool) {
+        let key = (hosts.views.clone(), hosts.over.clone());
+        if !moved && self.published_hosts.as_ref() == Some(&key) {
+            return;
+        }
+        self.published_hosts = Some(key);
+        let view = VmListReply {
+            vms: entries.iter().map(|e| self.status_of(e, hosts)).collect(),
+            headroom: None,
+        };
+        if let Ok(mut guard) = self.context.vm_view.lock() {
+            *guard = Some(view);
         }
     }
 
@@ -914,6 +942,8 @@ impl VmManager {
                 );
             }
         }
+        self.context
+            .failover(|timeline, now_ms| timeline.start(&record.name, true, now_ms));
         self.emit(
             Level::Info,
             "vm-started",
@@ -936,6 +966,8 @@ impl VmManager {
         // The next attempt goes to the next host in the order.
         record.preferred_host = None;
         let limit = self.context.config.failover.restart_attempts;
+        self.context
+            .failover(|timeline, now_ms| timeline.start(&record.name, false, now_ms));
         self.emit(
             Level::Error,
             "vm-start-failed",
@@ -1152,6 +1184,11 @@ impl VmManager {
             let _ = self.release(&record.name, &record.uuid, false);
             return;
         }
+        if let Some(from) = entry.holder {
+            self.context.failover(|timeline, now_ms| {
+                timeline.taken(&record.name, from.host_id.get(), now_ms)
+            });
+        }
         let why = match entry.holder {
             Some(o) => format!(
                 "its lease was held by host {} ({}) generation {}, which is over",
@@ -1165,7 +1202,9 @@ impl VmManager {
             ),
             None => "it waited for a host".to_string(),
         };
-        self.start_held(entry.slot, record, &why);
+        if self.start_held(entry.slot, record, &why) == Started::Running && entry.holder.is_some() {
+            self.context.metrics.vm_restarted();
+        }
     }
 
     // ---- requests -----------------------------------------------------------------

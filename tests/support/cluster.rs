@@ -54,6 +54,8 @@ pub struct ClusterSpec {
     pub extra: String,
     /// More `[failover]` lines for single hosts, by host id.
     pub failover_lines: BTreeMap<u32, String>,
+    /// More TOML tables for single hosts, by host id.
+    pub host_tables: BTreeMap<u32, String>,
 }
 
 impl ClusterSpec {
@@ -71,6 +73,7 @@ impl ClusterSpec {
             held_paths: Vec::new(),
             extra: String::new(),
             failover_lines: BTreeMap::new(),
+            host_tables: BTreeMap::new(),
         }
     }
 
@@ -89,6 +92,7 @@ impl ClusterSpec {
             held_paths: Vec::new(),
             extra: String::new(),
             failover_lines: BTreeMap::new(),
+            host_tables: BTreeMap::new(),
         }
     }
 }
@@ -201,8 +205,9 @@ impl Cluster {
                     .map(|ms| format!("call_timeout_ms = {ms}\n"))
                     .unwrap_or_default();
                 let failover_lines = spec.failover_lines.get(&i).cloned().unwrap_or_default();
+                let host_tables = spec.host_tables.get(&i).cloned().unwrap_or_default();
                 host.extra = format!(
-                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = {}\n[failover]\nrestart_grace_ms = {}\n{failover_lines}{cluster_toml}{}",
+                    "[libvirt]\nuri = \"{uri}\"\n{call_timeout}[capacity]\nmemory_mib = {}\nvcpus = {}\n[failover]\nrestart_grace_ms = {}\n{failover_lines}{cluster_toml}{}\n{host_tables}",
                     spec.memory_mib, spec.vcpus, spec.restart_grace_ms, spec.extra
                 );
                 host.secrets = Some(secrets.clone());

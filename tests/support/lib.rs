@@ -9,6 +9,7 @@ pub mod bmc;
 pub mod cluster;
 pub mod daemon;
 pub mod libvirt_proxy;
+pub mod web;
 
 /// Path of the `leasehold` binary of this build, built on first use.
 pub fn leasehold_bin() -> PathBuf {
