@@ -26,6 +26,9 @@ command -v fusermount3 >/dev/null || packages+=(fuse3)
 command -v ipmi_sim >/dev/null || packages+=(openipmi)
 command -v ipmitool >/dev/null || packages+=(ipmitool)
 command -v fence_ipmilan >/dev/null || packages+=(fence-agents)
+# The Debian package's unit checked by systemd's own verifier
+# (tests/package.rs).
+command -v systemd-analyze >/dev/null || packages+=(systemd)
 # libvirt's client library and headers for the daemon's hypervisor module.
 command -v pkg-config >/dev/null || packages+=(pkg-config)
 pkg-config --exists libvirt 2>/dev/null || packages+=(libvirt-dev)
@@ -58,6 +61,10 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The Debian package (release build, cargo-deb from crates.io if missing),
+# unpacked and checked by tests/package.rs.
+LEASEHOLD_DEB=$(tools/package/build-deb.sh)
+export LEASEHOLD_DEB
 cargo test --workspace --quiet
 
 # Long mode: the #[ignore]d repetitions (e.g. ten power-off failovers).

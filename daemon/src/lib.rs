@@ -2,7 +2,8 @@
 //! a thin edge over [`daemon::run`].
 //!
 //! Modules, bottom up:
-//! - [`config`]: the TOML file and its validation.
+//! - [`args`]: leaseholdd's command line; [`config`]: the TOML file and
+//!   its validation.
 //! - [`protocol`], [`client`]: the control socket's JSON lines, both ends.
 //! - [`events`]: the append-only event log.
 //! - [`watchdog`]: /dev/watchdog or the test emulation's FIFO.
@@ -29,6 +30,7 @@
 //!   this host saw it; [`web`]: the metrics and status page listener.
 
 pub mod agreement;
+pub mod args;
 pub mod backup;
 pub mod capacity;
 pub mod child;

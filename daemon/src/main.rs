@@ -2,22 +2,9 @@
 //! start-up failures end here with one message and a non-zero status.
 
 use clap::Parser;
-use leasehold_daemon::config::{self, DEFAULT_CONFIG_PATH};
-use std::path::PathBuf;
+use leasehold_daemon::args::Args;
+use leasehold_daemon::config;
 use std::process::ExitCode;
-
-/// Keep this host's delta lease, watch the other hosts, and hold resource
-/// leases for local processes (see docs/operations.md).
-#[derive(Parser, Debug)]
-#[command(name = "leaseholdd", version)]
-struct Args {
-    /// Configuration file.
-    #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
-    /// Validate the configuration (and the secrets file) and exit.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
