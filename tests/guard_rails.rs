@@ -288,6 +288,26 @@ fn format_never_creates_a_file_for_a_missing_device_and_creates_one_only_when_as
 }
 
 #[test]
+fn format_refuses_a_block_device_too_small_for_the_layout_with_the_size_it_needs() {
+    let scratch = Scratch::new("fmtsmall");
+    let backing = scratch.file("small.img");
+    sparse_file(&backing, 1 << 20);
+    let small = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    let out = leasehold(&format_args(&small.path, &[]));
+    let said = stderr(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("this layout needs") && said.contains("the device has 1048576"),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches(small.path.as_str()).count(),
+        1,
+        "the device named once: {said}"
+    );
+}
+
+#[test]
 fn format_refuses_a_filesystem_or_partition_table_without_force() {
     let scratch = Scratch::new("fmtsig");
     // ext4 on a loop device.

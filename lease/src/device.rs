@@ -48,7 +48,7 @@ pub fn format(disk: &dyn Disk, options: &FormatOptions) -> Result<Lockspace, Lea
     }
     if disk.size_bytes() < geometry.device_size_bytes() {
         return Err(LeaseError::Invalid(format!(
-            "{}: {} bytes are needed, the device has {}",
+            "{}: this layout needs {} bytes, the device has {} (use a larger device, or fewer hosts, slots or payload bytes)",
             disk.name(),
             geometry.device_size_bytes(),
             disk.size_bytes()

@@ -70,8 +70,7 @@ pub fn run(args: &FormatArgs) -> Result<()> {
         geometry,
         io_timeout_ms: args.io_timeout,
     };
-    let space = device::format(disk.as_ref(), &options)
-        .with_context(|| format!("formatting {path} failed"))?;
+    let space = device::format(disk.as_ref(), &options).context("format failed")?;
     outln!(
         "formatted {path}: lockspace {} with {} hosts, {} resource slots, {}-byte sectors, io_timeout {} ms, {} bytes",
         space.name,
