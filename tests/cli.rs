@@ -23,8 +23,13 @@ fn formatted(scratch: &Scratch) -> String {
     path
 }
 
+/// `leasehold direct join|renew|leave PATH --host-id ID --host-name NAME`.
+fn host_op(op: &str, path: &str, id: &str, name: &str) {
+    leasehold_ok(&["direct", op, path, "--host-id", id, "--host-name", name]);
+}
+
 fn join(path: &str, id: &str, name: &str) {
-    leasehold_ok(&["direct", "join", path, "--host-id", id, "--host-name", name]);
+    host_op("join", path, id, name);
 }
 
 /// `leasehold direct acquire PATH --host-id HOST --resource RESOURCE`.
@@ -186,15 +191,7 @@ fn exit_statuses_say_busy_and_lost() {
         "--host-name",
         "alpha",
     ]);
-    leasehold_ok(&[
-        "direct",
-        "leave",
-        &path,
-        "--host-id",
-        "1",
-        "--host-name",
-        "alpha",
-    ]);
+    host_op("leave", &path, "1", "alpha");
     assert_eq!(dump_json(&path)["hosts"][0]["flags"][0], "released");
     // Bad flags are a usage error.
     assert_eq!(leasehold(&["direct", "join", &path]).status.code(), Some(2));
@@ -427,29 +424,13 @@ fn dump_tells_live_silent_released_and_fenced_hosts_and_fits_80_columns() {
     join(&path, "1", "renewing-host-with-a-long-name");
     join(&path, "2", "stopped");
     join(&path, "3", "leaving");
-    leasehold_ok(&[
-        "direct",
-        "leave",
-        &path,
-        "--host-id",
-        "3",
-        "--host-name",
-        "leaving",
-    ]);
+    host_op("leave", &path, "3", "leaving");
     let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let renewer = {
         let (path, renewing) = (path.clone(), std::sync::Arc::clone(&renewing));
         std::thread::spawn(move || {
             while renewing.load(std::sync::atomic::Ordering::SeqCst) {
-                leasehold_ok(&[
-                    "direct",
-                    "renew",
-                    &path,
-                    "--host-id",
-                    "1",
-                    "--host-name",
-                    "renewing-host-with-a-long-name",
-                ]);
+                host_op("renew", &path, "1", "renewing-host-with-a-long-name");
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         })

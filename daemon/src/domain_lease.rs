@@ -24,23 +24,6 @@ pub enum DomainLeaseError {
     Value { field: &'static str, value: String },
 }
 
-/// Escape `text` for XML character data and for attribute values in
-/// either kind of quotes.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 /// A value XML 1.0 can carry (no control characters but tab and
 /// newlines), not empty.
 fn checked<'a>(field: &'static str, value: &'a str) -> Result<&'a str, DomainLeaseError> {
@@ -58,9 +41,9 @@ fn checked<'a>(field: &'static str, value: &'a str) -> Result<&'a str, DomainLea
 pub fn lease_element(lockspace: &str, key: &str, path: &str) -> Result<String, DomainLeaseError> {
     Ok(format!(
         "<lease><lockspace>{}</lockspace><key>{}</key><target path='{}' offset='0'/></lease>",
-        escape(checked("lockspace", lockspace)?),
-        escape(checked("key", key)?),
-        escape(checked("path", path)?),
+        crate::markup::escape(checked("lockspace", lockspace)?),
+        crate::markup::escape(checked("key", key)?),
+        crate::markup::escape(checked("path", path)?),
     ))
 }
 

@@ -22,6 +22,7 @@
 //!   the VM records stored in resource payloads (failover, in progress).
 //! - [`backup`]: the registry export and import document.
 //! - [`preflight`]: `--check-config`'s checks beyond the file's validity.
+//! - [`markup`]: XML and HTML escaping.
 //! - [`domain_lease`]: a HA VM's domain XML with its `<lease>`, as the VM
 //!   manager starts it (the lock plugin then asks this daemon for it).
 //! - [`child`]: running a helper program within a time limit (fence
@@ -48,6 +49,7 @@ pub mod holders;
 pub mod hooks;
 #[cfg(feature = "libvirt")]
 pub mod hypervisor;
+pub mod markup;
 pub mod metrics;
 pub mod monitor;
 pub mod placement;

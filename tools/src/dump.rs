@@ -140,16 +140,15 @@ fn host_flags(record: &HostRecord) -> Vec<&'static str> {
 
 /// The same flags, short, for the table: rel, fen, wd.
 fn host_flags_short(record: &HostRecord) -> String {
-    let mut flags = Vec::new();
-    if record.flags.released {
-        flags.push("rel");
-    }
-    if record.flags.fenced {
-        flags.push("fen");
-    }
-    if record.flags.watchdog {
-        flags.push("wd");
-    }
+    let flags: Vec<&str> = host_flags(record)
+        .into_iter()
+        .map(|flag| match flag {
+            "released" => "rel",
+            "fenced" => "fen",
+            "watchdog" => "wd",
+            other => other,
+        })
+        .collect();
     if flags.is_empty() {
         "-".to_string()
     } else {

@@ -33,18 +33,7 @@ svg text{font-size:12px;fill:#1d2330}
 
 /// `text` safe inside HTML text and attribute values.
 fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::markup::escape(text)
 }
 
 fn badge(state: &str) -> String {
@@ -317,7 +306,7 @@ mod tests {
     fn text_from_the_cluster_cannot_make_markup() {
         assert_eq!(
             esc("<script>\"x\" & 'y'</script>"),
-            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+            "&lt;script&gt;&quot;x&quot; &amp; &apos;y&apos;&lt;/script&gt;"
         );
     }
 }
