@@ -12,7 +12,6 @@ use crate::monitor::Monitor;
 use crate::protocol::{
     AcquireReply, ErrorKind, InquireReply, LockspaceStatus, ReleaseReply, ResourceStatus,
 };
-use crate::timeline::Step;
 use lease::clock::{Clock, SystemClock};
 use lease::delta::{self, DeltaLease, JoinRequest, RenewRequest};
 use lease::format::{Capacity, FenceMethod, SharedSettings};
@@ -1048,7 +1047,12 @@ impl Space {
                                     })
                                 }
                                 "host-fenced" => self.context.failover(|timeline, now_ms| {
-                                    timeline.fence(*host_id, Step::MarkSeen, now_ms)
+                                    timeline.mark_seen(
+                                        *host_id,
+                                        name,
+                                        now_ms,
+                                        crate::events::utc_now(),
+                                    )
                                 }),
                                 _ => {}
                             }

@@ -4,8 +4,9 @@
 //! mark seen), and for each VM this host took over, when its lease was
 //! taken and when it ran (or failed to start).
 //!
-//! Times are this host's monotonic clock in ms since the detection; the
-//! power-off itself is invisible to a survivor, so the detection delay is
+//! Times are this host's monotonic clock in ms since the detection (or
+//! since the FENCED mark was seen, when another survivor fenced first);
+//! the power-off itself is invisible to a survivor, so the detection delay is
 //! not here (benches/failover.rs measures it from outside). VMs other
 //! survivors took appear on their own pages.
 
@@ -106,6 +107,14 @@ impl Timeline {
         }
     }
 
+    /// This host saw `host_id`'s FENCED mark. Another survivor may fence
+    /// before this host's own silence window ends: then the mark is where
+    /// this host's failover begins.
+    pub fn mark_seen(&mut self, host_id: u32, host_name: &str, now_ms: u64, wall: String) {
+        self.detected(host_id, host_name, now_ms, wall);
+        self.fence(host_id, Step::MarkSeen, now_ms);
+    }
+
     /// A fence step about `host_id`; ignored unless it is the host of the
     /// current failover. Each fence step kind is kept once.
     pub fn fence(&mut self, host_id: u32, step: Step, now_ms: u64) {
@@ -200,8 +209,22 @@ mod tests {
                 total_ms: Some(1_600),
             }
         );
-        // Another host's failure later starts a new failover.
-        t.detected(2, "host2", 5_000, "w".into());
-        assert_eq!(t.last().map(|f| f.host_id), Some(2));
+        // Another host's failure later starts a new failover; fenced by
+        // another survivor before this host's window ended, it begins at
+        // the mark.
+        t.mark_seen(2, "host2", 5_000, "w".into());
+        t.taken("vm2", 2, 5_300);
+        t.start("vm2", true, 5_900);
+        let f = t.last().expect("a second failover");
+        assert_eq!(f.host_id, 2);
+        assert_eq!(
+            f.phases(),
+            Phases {
+                fence_ms: Some(0),
+                takeover_ms: Some(300),
+                start_ms: Some(600),
+                total_ms: Some(900),
+            }
+        );
     }
 }
