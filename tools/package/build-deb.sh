@@ -8,11 +8,12 @@ cd "$(dirname "$0")/../.."
 
 CARGO_DEB_VERSION=3.8.0
 if ! command -v cargo-deb >/dev/null; then
-    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet >&2
 fi
-cargo build --release --quiet \
+cargo build --release --quiet >&2 \
     -p leasehold-tools -p leasehold-daemon -p leasehold-lockdriver
 rm -rf target/package-docs
 target/release/leasehold-docgen target/package-docs
-cargo deb -p leasehold-tools --no-build --strip --quiet --output target/debian/
+# (cargo-deb prints the path too: only ours goes to stdout.)
+cargo deb -p leasehold-tools --no-build --strip --quiet --output target/debian/ >&2
 realpath "$(ls -t target/debian/leasehold_*.deb | head -n 1)"
