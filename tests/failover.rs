@@ -347,7 +347,8 @@ fn a_watchdog_host_that_loses_its_storage_destroys_its_vms_before_anyone_restart
     let scratch = Scratch::new("failover-selffence");
     let backing = scratch.file("lease.img");
     sparse_file(&backing, 16 << 20);
-    let shared = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+    // (Buffered: host 1's path writes the file through its page cache.)
+    let shared = LoopDevice::attach_buffered(&backing, 512).expect("loop device (run as root)");
     format_test_device(&shared.path);
     let path1 = PausableDevice::over_file(&backing);
     let extra = "[libvirt]\nuri = \"test:///default\"\n[capacity]\nmemory_mib = 2048\nvcpus = 8\n[failover]\nrestart_grace_ms = 3000\n";

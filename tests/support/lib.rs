@@ -9,6 +9,7 @@ pub mod bmc;
 pub mod cluster;
 pub mod daemon;
 pub mod libvirt_proxy;
+pub mod san;
 pub mod web;
 
 /// Path of the `leasehold` binary of this build, built on first use.
@@ -170,11 +171,24 @@ impl LoopDevice {
     /// Fails the test unless LEASEHOLD_SKIP_LOOP=1 is set, in which case it
     /// returns None and the caller skips the loop-device part.
     pub fn attach(backing: &str, sector_size_bytes: u32) -> Option<LoopDevice> {
+        LoopDevice::attach_with(backing, sector_size_bytes, "on")
+    }
+
+    /// Like [`LoopDevice::attach`], but through the backing file's page
+    /// cache: for a file that another path reaches with buffered I/O too
+    /// (nbdkit's file and python plugins), so that both paths see one
+    /// cache. Mixed, a direct write can fail to invalidate a page the other
+    /// path dirtied, whose writeback then puts the old sector back.
+    pub fn attach_buffered(backing: &str, sector_size_bytes: u32) -> Option<LoopDevice> {
+        LoopDevice::attach_with(backing, sector_size_bytes, "off")
+    }
+
+    fn attach_with(backing: &str, sector_size_bytes: u32, direct_io: &str) -> Option<LoopDevice> {
         let out = Command::new("losetup")
             .args([
                 "-f",
                 "--show",
-                "--direct-io=on",
+                &format!("--direct-io={direct_io}"),
                 "--sector-size",
                 &sector_size_bytes.to_string(),
                 backing,
