@@ -185,6 +185,8 @@ fn main() {
         extra: String::new(),
         failover_lines: Default::default(),
         host_tables: Default::default(),
+        host_devices: Default::default(),
+        watchdog_hosts: Vec::new(),
     };
     if many > 0 {
         many_vms(runs, many, spec);

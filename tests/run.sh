@@ -39,6 +39,17 @@ vm_packages=()
 command -v libvirtd >/dev/null || vm_packages+=(libvirt-daemon libvirt-daemon-driver-qemu)
 command -v virsh >/dev/null || vm_packages+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null || vm_packages+=(qemu-system-x86 qemu-utils/bookworm)
+# Real shared storage (tests/san.rs): tgt for iSCSI, a one-node Ceph
+# cluster, and qemu-storage-daemon's iscsi and rbd drivers
+# (qemu-block-extra, from bookworm like qemu-system) as each host's own
+# client; uuidgen for Ceph's ids, ip for the hosts' network namespaces.
+command -v tgtd >/dev/null || vm_packages+=(tgt)
+command -v ceph-mon >/dev/null || vm_packages+=(ceph-mon)
+command -v ceph-osd >/dev/null || vm_packages+=(ceph-osd)
+command -v rbd >/dev/null || vm_packages+=(ceph-common)
+[ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ] || vm_packages+=(qemu-block-extra)
+command -v uuidgen >/dev/null || packages+=(uuid-runtime)
+command -v ip >/dev/null || packages+=(iproute2)
 # The operator surface (tests/operator_surface.rs): the status page in
 # headless Chromium, the metrics through Prometheus' own parser (promtool).
 command -v chromium >/dev/null || vm_packages+=(chromium)

@@ -56,6 +56,12 @@ pub struct ClusterSpec {
     pub failover_lines: BTreeMap<u32, String>,
     /// More TOML tables for single hosts, by host id.
     pub host_tables: BTreeMap<u32, String>,
+    /// Hosts that reach the lease device through a block device of their
+    /// own, formatted by the caller (e.g. a [`crate::san::SanPath`]).
+    pub host_devices: BTreeMap<u32, String>,
+    /// Hosts with a (emulated) watchdog: they self-fence, destroying their
+    /// VMs, when their renewals fail.
+    pub watchdog_hosts: Vec<u32>,
 }
 
 impl ClusterSpec {
@@ -74,6 +80,8 @@ impl ClusterSpec {
             extra: String::new(),
             failover_lines: BTreeMap::new(),
             host_tables: BTreeMap::new(),
+            host_devices: BTreeMap::new(),
+            watchdog_hosts: Vec::new(),
         }
     }
 
@@ -93,6 +101,8 @@ impl ClusterSpec {
             extra: String::new(),
             failover_lines: BTreeMap::new(),
             host_tables: BTreeMap::new(),
+            host_devices: BTreeMap::new(),
+            watchdog_hosts: Vec::new(),
         }
     }
 }
@@ -149,7 +159,14 @@ impl Cluster {
             &backing,
             test_device_size_bytes(spec.max_resources).max(16 << 20),
         );
-        let device = LoopDevice::attach(&backing, 512).expect("loop device (run as root)");
+        // Held paths (nbdkit's python plugin) write the file through its
+        // page cache: then the shared device uses that cache too.
+        let device = if spec.held_paths.is_empty() {
+            LoopDevice::attach(&backing, 512)
+        } else {
+            LoopDevice::attach_buffered(&backing, 512)
+        }
+        .expect("loop device (run as root)");
         format_test_device_with(&device.path, spec.max_resources);
         let ports: Vec<u16> = (0..spec.hosts).map(|_| free_udp_port()).collect();
         let port = |i: u32| ports[usize::try_from(i - 1).expect("index")];
@@ -171,8 +188,12 @@ impl Cluster {
         let hosts: Vec<Host> = (1..=spec.hosts)
             .map(|i| {
                 let host_dir = scratch.path.join(format!("host{i}"));
-                let path = paths.get(&i).map_or(device.path.as_str(), |p| p.path());
+                let path = match spec.host_devices.get(&i) {
+                    Some(own) => own.as_str(),
+                    None => paths.get(&i).map_or(device.path.as_str(), |p| p.path()),
+                };
                 let mut host = HostSpec::new(i, path, spec.io_timeout_ms);
+                host.watchdog = spec.watchdog_hosts.contains(&i);
                 let uri = match &spec.hypervisor {
                     Hypervisor::TestDriver { broken } if broken.contains(&i) => {
                         "test:///nonexistent/leasehold-no-such-node.xml".to_string()

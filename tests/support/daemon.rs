@@ -154,8 +154,23 @@ impl Host {
     pub fn start_with_bmc(root: &Path, spec: HostSpec) -> Host {
         let mut host = Host::configure(root, spec);
         let members = host.dir.join("bmc").join("host.pgid.members");
+        // The watchdog emulator runs in the host's session (its process
+        // group is the shell's pid, which becomes the daemon's), reading
+        // the FIFO the daemon opens.
+        let watchdog = if host.spec.watchdog {
+            let fifo = host.dir.join("watchdog.fifo");
+            format!(
+                "rm -f '{fifo}'; '{emu}' '{fifo}' {budget} $$ >> '{log}' 2>&1 & while [ ! -p '{fifo}' ]; do sleep 0.05; done; ",
+                fifo = fifo.display(),
+                emu = watchdog_emu_bin().display(),
+                budget = 4 * u64::from(host.spec.io_timeout_ms),
+                log = host.dir.join("watchdog.log").display()
+            )
+        } else {
+            String::new()
+        };
         let command = format!(
-            "export MEMBERS='{}'; {}exec '{}' --config '{}'",
+            "export MEMBERS='{}'; {watchdog}{}exec '{}' --config '{}'",
             members.display(),
             host.spec
                 .boot_prefix
