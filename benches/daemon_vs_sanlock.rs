@@ -60,36 +60,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn apt_install(packages: &[&str]) -> bool {
-    Command::new("apt-get")
-        .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y"])
-        .args(packages)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn ensure_sanlock() {
-    let have_sanlock = Command::new("sanlock").arg("version").output().is_ok();
-    if have_sanlock && sanlock_peer::python_ok() {
-        return;
-    }
-    let packages = ["sanlock", "python3-sanlock"];
-    if !apt_install(&packages) {
-        let _ = Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "update"])
-            .status();
-        assert!(
-            apt_install(&packages),
-            "apt-get install sanlock python3-sanlock failed"
-        );
-    }
-    assert!(
-        sanlock_peer::python_ok(),
-        "{} cannot import sanlock",
-        sanlock_peer::PYTHON
-    );
-}
-
 struct Stats {
     values: Vec<f64>,
 }
@@ -1627,7 +1597,7 @@ fn main() {
         return;
     }
     // `cargo bench` passes --bench; ignore other arguments.
-    ensure_sanlock();
+    sanlock_peer::ensure_installed();
     let settings = Settings {
         runs: env_or("LEASEHOLD_BENCH_RUNS", 5),
         cycles: env_or("LEASEHOLD_BENCH_CYCLES", 200),

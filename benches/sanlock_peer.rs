@@ -318,3 +318,30 @@ pub fn python_ok() -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+fn apt_install(packages: &[&str]) -> bool {
+    Command::new("apt-get")
+        .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y"])
+        .args(packages)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// sanlock and python3-sanlock, installed with apt-get when missing.
+pub fn ensure_installed() {
+    let have_sanlock = Command::new("sanlock").arg("version").output().is_ok();
+    if have_sanlock && python_ok() {
+        return;
+    }
+    let packages = ["sanlock", "python3-sanlock"];
+    if !apt_install(&packages) {
+        let _ = Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600", "update"])
+            .status();
+        assert!(
+            apt_install(&packages),
+            "apt-get install sanlock python3-sanlock failed"
+        );
+    }
+    assert!(python_ok(), "{PYTHON} cannot import sanlock");
+}
