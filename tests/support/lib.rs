@@ -446,6 +446,13 @@ impl Drop for PausableDevice {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The unmount above fails while the detached loop device still
+        // holds the file (its release is asynchronous): then the mount is
+        // dead now, and goes lazily rather than staying behind.
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(self.dir.path.join("mnt"))
+            .output();
         if let Some(pid) = self.nbdkit_pid {
             // SAFETY: kill(2) with a pid we started; no memory is involved.
             unsafe {

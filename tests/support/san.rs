@@ -236,8 +236,9 @@ impl Drop for SanPath {
         if let Some(mut qsd) = self.qsd.take() {
             stop(&mut qsd);
         }
+        // Lazily: the detached loop device may still hold the file.
         let _ = Command::new("fusermount3")
-            .arg("-u")
+            .args(["-u", "-z"])
             .arg(&self.export)
             .output();
     }
