@@ -34,8 +34,9 @@ use lease::resource::{self, NamedAcquire};
 use lease::HostId;
 use leasehold_daemon::placement::Priority;
 use leasehold_tests::cluster::{time_of_day_ms, Cluster, ClusterSpec};
+use leasehold_tests::daemon::reformat_test_device_with;
 use leasehold_tests::san::{CephCluster, IscsiTarget, SanPath};
-use leasehold_tests::{leasehold_ok, sparse_file, LoopDevice, Scratch};
+use leasehold_tests::{sparse_file, LoopDevice, Scratch};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -128,24 +129,6 @@ impl Storage {
     }
 }
 
-/// `leasehold format --force` with the layout the test clusters use: each
-/// run starts from a fresh lockspace on the same device.
-fn format(device: &str) {
-    leasehold_ok(&[
-        "format",
-        device,
-        "--lockspace",
-        "test",
-        "--max-hosts",
-        "8",
-        "--max-resources",
-        &MAX_RESOURCES.to_string(),
-        "--io-timeout",
-        "0.5",
-        "--force",
-    ]);
-}
-
 fn san_paths(path: impl Fn(u32) -> SanPath) -> (BTreeMap<u32, String>, Vec<SanPath>) {
     let paths: Vec<SanPath> = (1..=3).map(path).collect();
     let devices = (1..=3)
@@ -158,7 +141,7 @@ fn san_paths(path: impl Fn(u32) -> SanPath) -> (BTreeMap<u32, String>, Vec<SanPa
 /// Renewal, scan and acquire+release by name through the lease library:
 /// p50/p99 in µs of each.
 fn library(device: &str, iterations: usize) -> [(f64, f64); 3] {
-    format(device);
+    reformat_test_device_with(device, MAX_RESOURCES);
     let (disk, space) = open_lockspace(
         device,
         Engine::Uring {
@@ -259,7 +242,7 @@ fn sanlock(dir: &Scratch, device: &str, iterations: usize) -> (f64, f64) {
 /// Power-off of a host with three HA VMs to every VM running again, ms.
 fn failover(storage: &Storage, kind: &str, round: usize) -> Option<i64> {
     let (devices, _clients) = storage.host_paths();
-    format(&devices[&1]);
+    reformat_test_device_with(&devices[&1], MAX_RESOURCES);
     let mut spec = ClusterSpec::test_driver(T_MS, 2048);
     spec.max_resources = MAX_RESOURCES;
     spec.host_devices = devices;

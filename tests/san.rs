@@ -19,9 +19,9 @@
 use leasehold_daemon::placement::Priority;
 use leasehold_daemon::protocol::Event;
 use leasehold_tests::cluster::{vm, Cluster, ClusterSpec};
-use leasehold_tests::daemon::Host;
+use leasehold_tests::daemon::{reformat_test_device_with, Host};
 use leasehold_tests::san::{CephCluster, IscsiTarget, SanPath};
-use leasehold_tests::{dump_json, leasehold, leasehold_ok, wait_long};
+use leasehold_tests::{dump_json, leasehold, wait_long};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -89,19 +89,7 @@ fn san_cluster(
 ) -> SanCluster {
     let paths: BTreeMap<u32, SanPath> = (1..=3).map(|id| (id, storage.path(id))).collect();
     let device1 = paths[&1].device().to_string();
-    leasehold_ok(&[
-        "format",
-        &device1,
-        "--lockspace",
-        "test",
-        "--max-hosts",
-        "8",
-        "--max-resources",
-        &MAX_RESOURCES.to_string(),
-        "--io-timeout",
-        "0.5",
-        "--force",
-    ]);
+    reformat_test_device_with(&device1, MAX_RESOURCES);
     // Every path sees the same device, at the device's own sector size.
     for path in paths.values() {
         let dump = dump_json(path.device());

@@ -63,7 +63,8 @@ pub struct Phases {
 }
 
 impl Failover {
-    fn first(&self, pred: impl Fn(&Step) -> bool) -> Option<u64> {
+    /// When the first step matching `pred` happened, ms since detection.
+    pub fn first(&self, pred: impl Fn(&Step) -> bool) -> Option<u64> {
         self.steps.iter().find(|(_, s)| pred(s)).map(|(at, _)| *at)
     }
 

@@ -69,7 +69,18 @@ pub fn format_test_device(path: &str) {
 /// [`format_test_device`] with `max_resources` slots (e.g. for hundreds of
 /// HA VMs); the device must hold [`test_device_size_bytes`].
 pub fn format_test_device_with(path: &str, max_resources: u32) {
-    crate::leasehold_ok(&[
+    format_test_layout(path, max_resources, &[]);
+}
+
+/// [`format_test_device_with`] over whatever the device holds (`--force`):
+/// a device reused for a fresh lockspace after its daemons stopped.
+pub fn reformat_test_device_with(path: &str, max_resources: u32) {
+    format_test_layout(path, max_resources, &["--force"]);
+}
+
+fn format_test_layout(path: &str, max_resources: u32, extra: &[&str]) {
+    let max_resources = max_resources.to_string();
+    let mut args = vec![
         "format",
         path,
         "--lockspace",
@@ -77,10 +88,12 @@ pub fn format_test_device_with(path: &str, max_resources: u32) {
         "--max-hosts",
         "8",
         "--max-resources",
-        &max_resources.to_string(),
+        &max_resources,
         "--io-timeout",
         "0.5",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    crate::leasehold_ok(&args);
 }
 
 /// The bytes a [`format_test_device_with`] device of `max_resources`

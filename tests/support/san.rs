@@ -524,26 +524,12 @@ osd_max_object_namespace_len = 64
 
     /// Host `host_id`'s own librbd client and path to the image.
     pub fn path(&self, host_id: u32) -> SanPath {
-        self.path_to(&self.image, host_id)
-    }
-
-    /// Host `host_id`'s own client and path to another image of the pool.
-    pub fn path_to(&self, image: &str, host_id: u32) -> SanPath {
         let blockdev = format!(
-            "driver=rbd,pool={POOL},image={image},conf={}",
+            "driver=rbd,pool={POOL},image={},conf={}",
+            self.image,
             self.conf.display()
         );
-        SanPath::start(
-            &self.dir.path,
-            &format!("{image}-host{host_id}"),
-            &blockdev,
-            512,
-        )
-    }
-
-    /// Another image of `size_bytes` in the pool (for a second lockspace).
-    pub fn create_image(&self, image: &str, size_bytes: u64) {
-        create_image(&self.conf, image, size_bytes);
+        SanPath::start(&self.dir.path, &format!("host{host_id}"), &blockdev, 512)
     }
 
     /// The OSD stops answering (SIGSTOP): every host's I/O stalls.

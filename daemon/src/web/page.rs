@@ -242,7 +242,7 @@ fn failover(html: &mut String, failover: Option<&Failover>) {
     // One row per VM taken here.
     for (i, vm) in vms.iter().enumerate() {
         let y = row * (i as f64 + 2.0);
-        let taken = step_at(f, |s| matches!(s, Step::Taken { vm: v } if v == vm));
+        let taken = f.first(|s| matches!(s, Step::Taken { vm: v } if v == vm));
         let ended = f.steps.iter().find_map(|(at, s)| match s {
             Step::Started { vm: v } if v == vm => Some((*at, "#15803d", "running")),
             Step::StartFailed { vm: v } if v == vm => Some((*at, "#b91c1c", "start failed")),
@@ -274,10 +274,6 @@ fn failover(html: &mut String, failover: Option<&Failover>) {
     }
     html.push_str("</svg>");
     html.push_str("<p class=\"meta\" id=\"failover-legend\"><span style=\"color:#7a1414\">&#9679;</span> fenced here &nbsp; <span style=\"color:#c2410c\">&#9679;</span> FENCED mark seen &nbsp; <span style=\"color:#6b7280\">&#9679;</span> fenced by another host &nbsp; <span style=\"color:#15803d\">&#9632;</span> VM: lease taken here &rarr; running &nbsp; <span style=\"color:#b91c1c\">&#9632;</span> start failed</p>");
-}
-
-fn step_at(f: &Failover, pred: impl Fn(&Step) -> bool) -> Option<u64> {
-    f.steps.iter().find(|(_, s)| pred(s)).map(|(at, _)| *at)
 }
 
 fn phase(ms: Option<u64>) -> String {
